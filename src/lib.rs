@@ -1,0 +1,95 @@
+//! Gannet: an embedded time-series analytics database.
+//!
+//! Events arrive as InfluxDB line protocol, are made durable in a write-ahead log, buffered
+//! as Arrow, and flushed to Parquet segments. This crate is the facade: open a data
+//! directory, write, read, close. The servers (Postgres wire, HTTP) and SQL build on it.
+//!
+//! ```
+//! use gannet::{Gannet, Precision};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let db = Gannet::open(dir.path())?;
+//! let outcome = db.write_lp("metrics", "cpu,host=a usage=0.5 1700000000000000000", Precision::Nanosecond)?;
+//! assert_eq!(outcome.rows, 1);
+//! let cpu = db.read_table("metrics", "cpu")?.expect("the write created the table");
+//! println!("{}", gannet::arrow::util::pretty::pretty_format_batches(&[cpu])?);
+//! db.close()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use arrow;
+pub use gannet_storage as storage;
+pub use gannet_storage::{EngineConfig, LineError, Precision, TableSnapshot, WriteOutcome};
+
+use arrow::record_batch::RecordBatch;
+use gannet_storage::Engine;
+
+/// Errors of the Gannet facade.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Storage(#[from] gannet_storage::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An open Gannet database: one data directory, owned by this process while open.
+#[derive(Debug, Clone)]
+pub struct Gannet {
+    engine: Arc<Engine>,
+}
+
+impl Gannet {
+    /// Opens (or creates) the data directory `dir` with the default configuration.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Gannet> {
+        Self::open_with(EngineConfig::new(dir.as_ref()))
+    }
+
+    pub fn open_with(config: EngineConfig) -> Result<Gannet> {
+        Ok(Gannet {
+            engine: Engine::open(config)?,
+        })
+    }
+
+    /// Writes line protocol to database `db`; returns once the accepted lines are durable.
+    /// Bad lines are reported in [`WriteOutcome::errors`] and do not stop the others.
+    pub fn write_lp(
+        &self,
+        db: &str,
+        body: impl AsRef<[u8]>,
+        precision: Precision,
+    ) -> Result<WriteOutcome> {
+        Ok(self.engine.write_lp(db, body.as_ref(), precision)?)
+    }
+
+    /// One consistent view of a table (its segments and buffered batches).
+    pub fn snapshot(&self, db: &str, table: &str) -> Option<TableSnapshot> {
+        self.engine.snapshot(db, table)
+    }
+
+    /// Reads a whole table, one row per point, sorted by tags and time.
+    pub fn read_table(&self, db: &str, table: &str) -> Result<Option<RecordBatch>> {
+        match self.engine.snapshot(db, table) {
+            Some(snapshot) => Ok(Some(snapshot.read_all()?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Persists everything buffered to Parquet segments.
+    pub fn flush(&self) -> Result<()> {
+        Ok(self.engine.flush()?)
+    }
+
+    /// Flushes and releases the data directory.
+    pub fn close(self) -> Result<()> {
+        Ok(self.engine.close()?)
+    }
+
+    /// The storage engine, for the query layer and servers.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+}

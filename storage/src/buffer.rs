@@ -1,0 +1,252 @@
+//! The write buffer: every acknowledged write, as Arrow batches, until it is in a segment.
+//!
+//! Per table, rows are kept by time window (a chunk per window). Each chunk holds the
+//! batches of the writes that reached it, tagged with their WAL sequence numbers, in
+//! sequence order; readers take cheap clones of them. Deduplication (last write wins) is
+//! the reader's and the persister's job, done once over a sorted run, not on every write.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{Array, BooleanArray, TimestampNanosecondArray};
+use arrow::compute::filter_record_batch;
+use arrow::record_batch::RecordBatch;
+
+use crate::catalog::TIME_COLUMN;
+use crate::validate::TableBatch;
+
+/// Names a chunk: database, table, window start.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkKey {
+    pub db: String,
+    pub table: String,
+    pub window_start: i64,
+}
+
+#[derive(Debug)]
+pub struct Chunk {
+    /// (WAL sequence number, batch), in sequence order.
+    pub batches: Vec<(u64, RecordBatch)>,
+    pub rows: usize,
+    pub bytes: usize,
+    /// When the oldest batch still here arrived.
+    pub since: Instant,
+}
+
+impl Chunk {
+    fn min_seq(&self) -> Option<u64> {
+        self.batches.first().map(|(seq, _)| *seq)
+    }
+}
+
+#[derive(Debug)]
+pub struct Buffer {
+    window_nanos: i64,
+    tables: HashMap<(String, String), BTreeMap<i64, Chunk>>,
+    bytes: usize,
+    rows: usize,
+    last_seq: u64,
+}
+
+impl Buffer {
+    pub fn new(window_nanos: i64, last_seq: u64) -> Buffer {
+        assert!(window_nanos > 0, "the window must be positive");
+        Buffer {
+            window_nanos,
+            tables: HashMap::new(),
+            bytes: 0,
+            rows: 0,
+            last_seq,
+        }
+    }
+
+    pub fn window_start(&self, time: i64) -> i64 {
+        time.div_euclid(self.window_nanos) * self.window_nanos
+    }
+
+    /// Adds a durable write. Writes arrive in sequence order.
+    pub fn apply(&mut self, seq: u64, db: &str, tables: Vec<TableBatch>) {
+        debug_assert!(
+            seq > self.last_seq || self.last_seq == 0,
+            "writes arrive in order"
+        );
+        self.last_seq = self.last_seq.max(seq);
+        for TableBatch { table, batch } in tables {
+            for (window_start, part) in self.split_by_window(batch) {
+                let bytes = part.get_array_memory_size();
+                let rows = part.num_rows();
+                let chunk = self
+                    .tables
+                    .entry((db.to_owned(), table.clone()))
+                    .or_default()
+                    .entry(window_start)
+                    .or_insert_with(|| Chunk {
+                        batches: Vec::new(),
+                        rows: 0,
+                        bytes: 0,
+                        since: Instant::now(),
+                    });
+                if chunk.batches.is_empty() {
+                    chunk.since = Instant::now();
+                }
+                chunk.batches.push((seq, part));
+                chunk.rows += rows;
+                chunk.bytes += bytes;
+                self.rows += rows;
+                self.bytes += bytes;
+            }
+        }
+    }
+
+    fn split_by_window(&self, batch: RecordBatch) -> Vec<(i64, RecordBatch)> {
+        let times = batch
+            .column_by_name(TIME_COLUMN)
+            .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
+            .expect("validated batches have a nanosecond time column")
+            .clone();
+        if times.is_empty() {
+            return Vec::new();
+        }
+        let first = self.window_start(times.value(0));
+        if times
+            .values()
+            .iter()
+            .all(|&t| self.window_start(t) == first)
+        {
+            return vec![(first, batch)];
+        }
+        let mut windows: Vec<i64> = times
+            .values()
+            .iter()
+            .map(|&t| self.window_start(t))
+            .collect();
+        let per_row = windows.clone();
+        windows.sort_unstable();
+        windows.dedup();
+        windows
+            .into_iter()
+            .map(|w| {
+                let mask = BooleanArray::from_iter(per_row.iter().map(|&r| Some(r == w)));
+                let part = filter_record_batch(&batch, &mask).expect("mask has the batch's length");
+                (w, part)
+            })
+            .collect()
+    }
+
+    /// The batches of a table, oldest write first.
+    pub fn table_batches(&self, db: &str, table: &str) -> Vec<RecordBatch> {
+        let Some(chunks) = self.tables.get(&(db.to_owned(), table.to_owned())) else {
+            return Vec::new();
+        };
+        let mut all: Vec<&(u64, RecordBatch)> =
+            chunks.values().flat_map(|c| c.batches.iter()).collect();
+        all.sort_by_key(|(seq, _)| *seq);
+        all.into_iter().map(|(_, b)| b.clone()).collect()
+    }
+
+    pub fn chunks(&self) -> impl Iterator<Item = (ChunkKey, &Chunk)> {
+        self.tables.iter().flat_map(|((db, table), chunks)| {
+            chunks.iter().map(move |(&window_start, chunk)| {
+                (
+                    ChunkKey {
+                        db: db.clone(),
+                        table: table.clone(),
+                        window_start,
+                    },
+                    chunk,
+                )
+            })
+        })
+    }
+
+    pub fn chunk(&self, key: &ChunkKey) -> Option<&Chunk> {
+        self.tables
+            .get(&(key.db.clone(), key.table.clone()))?
+            .get(&key.window_start)
+    }
+
+    /// Drops a chunk's batches up to and including sequence number `max_seq`: they are in a
+    /// segment now. Later writes to the same window stay.
+    pub fn remove_persisted(&mut self, key: &ChunkKey, max_seq: u64) {
+        let table_key = (key.db.clone(), key.table.clone());
+        let Some(chunks) = self.tables.get_mut(&table_key) else {
+            return;
+        };
+        let Some(chunk) = chunks.get_mut(&key.window_start) else {
+            return;
+        };
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut chunk.batches)
+            .into_iter()
+            .partition(|(seq, _)| *seq <= max_seq);
+        for (_, batch) in &gone {
+            let (rows, bytes) = (batch.num_rows(), batch.get_array_memory_size());
+            chunk.rows -= rows;
+            chunk.bytes -= bytes;
+            self.rows -= rows;
+            self.bytes -= bytes;
+        }
+        chunk.batches = kept;
+        if chunk.batches.is_empty() {
+            chunks.remove(&key.window_start);
+            if chunks.is_empty() {
+                self.tables.remove(&table_key);
+            }
+        }
+    }
+
+    /// Drops everything buffered for a table.
+    pub fn drop_table(&mut self, db: &str, table: &str) {
+        if let Some(chunks) = self.tables.remove(&(db.to_owned(), table.to_owned())) {
+            for chunk in chunks.values() {
+                self.rows -= chunk.rows;
+                self.bytes -= chunk.bytes;
+            }
+        }
+    }
+
+    /// The lowest sequence number still only in the buffer (not in a segment); everything
+    /// below it is persisted.
+    pub fn min_unpersisted_seq(&self) -> u64 {
+        self.tables
+            .values()
+            .flat_map(|chunks| chunks.values())
+            .filter_map(Chunk::min_seq)
+            .min()
+            .unwrap_or(self.last_seq + 1)
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Sets the sequence number the next write follows (after replay).
+    pub fn set_last_seq(&mut self, seq: u64) {
+        self.last_seq = self.last_seq.max(seq);
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+}
+
+/// Arrow batches of one table with differing column subsets, widened to the table schema.
+pub fn widen(batch: &RecordBatch, schema: &arrow::datatypes::SchemaRef) -> RecordBatch {
+    if batch.schema().fields() == schema.fields() {
+        return batch.clone();
+    }
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| match batch.column_by_name(field.name()) {
+            Some(column) => column.clone(),
+            None => arrow::array::new_null_array(field.data_type(), batch.num_rows()),
+        })
+        .collect::<Vec<Arc<dyn Array>>>();
+    RecordBatch::try_new(schema.clone(), columns)
+        .expect("catalog columns only ever grow and keep their types")
+}

@@ -1,0 +1,64 @@
+//! Engine configuration, with defaults for an embedded database on one machine.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::wal::WalConfig;
+
+/// How the engine buffers, flushes and logs. [`EngineConfig::new`] gives the defaults.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub data_dir: PathBuf,
+    /// Width of the time windows rows are grouped by, in the buffer and in segments.
+    pub window: Duration,
+    /// A window's buffered rows become a segment once there are this many of them...
+    pub flush_rows: usize,
+    /// ...or once its oldest buffered row is this old.
+    pub flush_age: Duration,
+    /// The write buffer's memory budget in bytes. Above half of it the largest windows are
+    /// flushed early; at the limit, writers wait for the flusher (back-pressure).
+    pub memory_limit: usize,
+    /// How often the background flusher looks at the buffer.
+    pub flush_interval: Duration,
+    /// Run the background flusher. Tests turn it off to flush by hand.
+    pub background_flush: bool,
+    pub wal: WalConfig,
+}
+
+impl EngineConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> EngineConfig {
+        EngineConfig {
+            data_dir: data_dir.into(),
+            window: Duration::from_secs(10 * 60),
+            flush_rows: 1_000_000,
+            flush_age: Duration::from_secs(5 * 60),
+            memory_limit: default_memory_limit(),
+            flush_interval: Duration::from_millis(500),
+            background_flush: true,
+            wal: WalConfig::default(),
+        }
+    }
+
+    /// A configuration for tests: no background flushing, small WAL files.
+    pub fn test_config(data_dir: impl Into<PathBuf>) -> EngineConfig {
+        EngineConfig {
+            background_flush: false,
+            wal: WalConfig {
+                max_file_bytes: 1 << 20,
+                ..WalConfig::default()
+            },
+            ..EngineConfig::new(data_dir)
+        }
+    }
+}
+
+/// A quarter of the machine's memory, at most 8 GiB (1 GiB if it cannot be read).
+fn default_memory_limit() -> usize {
+    const CAP: usize = 8 << 30;
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+        let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    });
+    total.map(|t| (t / 4).min(CAP)).unwrap_or(1 << 30)
+}

@@ -1,0 +1,187 @@
+//! Last write wins, field by field: one row per (tag set, time), sorted by tags then time.
+//!
+//! The input batches are in write order (oldest first) and share the table schema. Rows with
+//! the same identity merge: each field takes its newest non-null value. This runs when a
+//! chunk becomes a segment, when segments are compacted, and when a reader needs one
+//! version of every point across the buffer and overlapping segments.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, UInt32Array};
+use arrow::compute::{concat_batches, take};
+use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
+use arrow::row::{RowConverter, SortField};
+
+use crate::catalog::{COLUMN_KIND_KEY, TIME_COLUMN};
+
+/// Indices of the identity columns (tags in name order, then time) in `schema`.
+pub fn key_columns(schema: &SchemaRef) -> Vec<usize> {
+    let mut tags: Vec<(usize, &String)> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.metadata().get(COLUMN_KIND_KEY).map(String::as_str) == Some("tag"))
+        .map(|(i, f)| (i, f.name()))
+        .collect();
+    tags.sort_by(|a, b| a.1.cmp(b.1));
+    let mut keys: Vec<usize> = tags.into_iter().map(|(i, _)| i).collect();
+    keys.push(
+        schema
+            .index_of(TIME_COLUMN)
+            .expect("tables have a time column"),
+    );
+    keys
+}
+
+/// Sorts `batches` (oldest first, all of `schema`) by identity and merges duplicates.
+pub fn dedup_sort(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch, ArrowError> {
+    let all = concat_batches(schema, batches)?;
+    let n = all.num_rows();
+    if n == 0 {
+        return Ok(all);
+    }
+    let keys = key_columns(schema);
+    let converter = RowConverter::new(
+        keys.iter()
+            .map(|&i| SortField::new(schema.field(i).data_type().clone()))
+            .collect(),
+    )?;
+    let key_arrays: Vec<ArrayRef> = keys.iter().map(|&i| all.column(i).clone()).collect();
+    let rows = converter.convert_columns(&key_arrays)?;
+
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    let sorted = (1..n).all(|i| rows.row(i - 1) < rows.row(i));
+    if sorted {
+        return Ok(all);
+    }
+    // Stable: among equal identities the older row comes first.
+    order.sort_by(|&a, &b| rows.row(a as usize).cmp(&rows.row(b as usize)));
+
+    // Runs of equal identity; `first` indexes into `order`.
+    let mut run_starts = Vec::with_capacity(n);
+    run_starts.push(0usize);
+    for i in 1..n {
+        if rows.row(order[i - 1] as usize) != rows.row(order[i] as usize) {
+            run_starts.push(i);
+        }
+    }
+    if run_starts.len() == n {
+        let indices = UInt32Array::from(order);
+        return take_all(&all, schema, |_| &indices);
+    }
+
+    // Identity columns come from any row of the run; each field from its newest non-null.
+    let run_ends: Vec<usize> = run_starts
+        .iter()
+        .skip(1)
+        .copied()
+        .chain(std::iter::once(n))
+        .collect();
+    let ident: UInt32Array = run_starts.iter().map(|&s| order[s]).collect();
+    let mut per_column: Vec<Option<UInt32Array>> = vec![None; schema.fields().len()];
+    for (c, slot) in per_column.iter_mut().enumerate() {
+        if keys.contains(&c) {
+            continue;
+        }
+        let column = all.column(c);
+        let picks: UInt32Array = run_starts
+            .iter()
+            .zip(&run_ends)
+            .map(|(&s, &e)| {
+                let run = &order[s..e];
+                let newest = *run.last().expect("runs are not empty");
+                run.iter()
+                    .rev()
+                    .copied()
+                    .find(|&i| column.is_valid(i as usize))
+                    .unwrap_or(newest)
+            })
+            .collect();
+        *slot = Some(picks);
+    }
+    take_all(&all, schema, |c| per_column[c].as_ref().unwrap_or(&ident))
+}
+
+fn take_all<'a>(
+    all: &RecordBatch,
+    schema: &SchemaRef,
+    indices: impl Fn(usize) -> &'a UInt32Array,
+) -> Result<RecordBatch, ArrowError> {
+    let columns = (0..schema.fields().len())
+        .map(|c| take(all.column(c).as_ref(), indices(c), None))
+        .collect::<Result<Vec<ArrayRef>, _>>()?;
+    RecordBatch::try_new(Arc::clone(schema), columns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Catalog;
+    use crate::lineproto::parse_lines;
+    use crate::precision::Precision;
+    use crate::validate::validate;
+    use arrow::util::pretty::pretty_format_batches;
+    use std::sync::RwLock;
+
+    fn batches(bodies: &[&str]) -> (SchemaRef, Vec<RecordBatch>) {
+        let catalog = RwLock::new(Catalog::default());
+        let mut out = Vec::new();
+        for body in bodies {
+            let w = validate(
+                &catalog,
+                "db",
+                parse_lines(body.as_bytes()),
+                Precision::Second,
+                0,
+            )
+            .unwrap();
+            assert!(w.errors.is_empty(), "{:?}", w.errors);
+            out.extend(w.tables.into_iter().map(|t| t.batch));
+        }
+        let schema = catalog.read().unwrap().table("db", "m").unwrap().schema();
+        let widened = out
+            .iter()
+            .map(|b| crate::buffer::widen(b, &schema))
+            .collect();
+        (schema, widened)
+    }
+
+    fn show(batch: &RecordBatch) -> String {
+        pretty_format_batches(std::slice::from_ref(batch)).unwrap().to_string()
+    }
+
+    #[test]
+    fn last_write_wins_field_by_field() {
+        let (schema, input) = batches(&[
+            "m,h=b a=1,b=1 2\nm,h=a a=1,b=1 1",
+            "m,h=a a=2 1",
+            "m,h=a b=3 1\nm,h=a a=4 1",
+        ]);
+        let out = dedup_sort(&schema, &input).unwrap();
+        assert_eq!(
+            show(&out),
+            "+---+-----+-----+---------------------+\n\
+             | h | a   | b   | time                |\n\
+             +---+-----+-----+---------------------+\n\
+             | a | 4.0 | 3.0 | 1970-01-01T00:00:01 |\n\
+             | b | 1.0 | 1.0 | 1970-01-01T00:00:02 |\n\
+             +---+-----+-----+---------------------+"
+        );
+    }
+
+    #[test]
+    fn missing_tags_are_their_own_series() {
+        let (schema, input) = batches(&["m,h=a v=1 1\nm v=2 1\nm,h=a,z=1 v=3 1\nm v=5 1"]);
+        let out = dedup_sort(&schema, &input).unwrap();
+        assert_eq!(out.num_rows(), 3);
+    }
+
+    #[test]
+    fn sorted_unique_input_is_returned_as_is() {
+        let (schema, input) = batches(&["m,h=a v=1 1\nm,h=a v=2 2\nm,h=b v=3 1"]);
+        let out = dedup_sort(&schema, &input).unwrap();
+        assert_eq!(out, input[0]);
+    }
+}

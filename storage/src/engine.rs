@@ -1,0 +1,625 @@
+//! The engine: owns a data directory and ties the write path together.
+//!
+//! `write_lp`: [`lineproto`](crate::lineproto) -> [`validate`](crate::validate) ->
+//! [`wal`](crate::wal) (group commit, fsync) -> [`buffer`](crate::buffer) -> acknowledged.
+//! In the background the flusher turns buffered windows into [`segment`](crate::segment)s,
+//! records them in the [`catalog`](crate::catalog), and removes WAL files that are fully
+//! persisted.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use crossbeam::channel::{RecvTimeoutError, Sender};
+
+use crate::buffer::{Buffer, ChunkKey, widen};
+use crate::catalog::{COLUMN_KIND_KEY, Catalog, ColumnType, SegmentMeta};
+use crate::config::EngineConfig;
+use crate::dedup::dedup_sort;
+use crate::error::{Error, Result};
+use crate::lineproto::{LineError, parse_lines};
+use crate::precision::Precision;
+use crate::validate::{TableBatch, validate};
+use crate::wal::{self, Wal, WalEntry};
+use crate::{paths, segment};
+
+#[cfg(test)]
+mod tests;
+
+/// What a write did: rows written, lines rejected.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOutcome {
+    /// Rows written (one per accepted line).
+    pub rows: usize,
+    /// Rejected lines, in line order.
+    pub errors: Vec<LineError>,
+    /// The WAL sequence number of the write, if anything was written.
+    pub seq: Option<u64>,
+}
+
+/// One consistent view of a table: its segments and its buffered batches, taken together.
+#[derive(Debug, Clone)]
+pub struct TableSnapshot {
+    pub db: String,
+    pub table: String,
+    /// The table's schema; segments and buffered batches may hold a subset of its columns.
+    pub schema: SchemaRef,
+    /// Segments, oldest writes first.
+    pub segments: Vec<SegmentMeta>,
+    /// Buffered batches, oldest first; every one is newer than every segment.
+    pub buffer: Vec<RecordBatch>,
+    pub data_dir: PathBuf,
+}
+
+impl TableSnapshot {
+    pub fn segment_path(&self, segment: &SegmentMeta) -> PathBuf {
+        self.data_dir.join(&segment.path)
+    }
+
+    /// Reads the whole table: one row per point, last write winning, sorted by tags and time.
+    pub fn read_all(&self) -> Result<RecordBatch> {
+        let mut batches = Vec::new();
+        for seg in &self.segments {
+            for batch in segment::read(&self.segment_path(seg))? {
+                batches.push(widen(&batch, &self.schema));
+            }
+        }
+        batches.extend(self.buffer.iter().map(|b| widen(b, &self.schema)));
+        Ok(dedup_sort(&self.schema, &batches)?)
+    }
+}
+
+/// Where a flush stands, for tests and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BufferStats {
+    pub rows: usize,
+    pub bytes: usize,
+    pub wal_files: usize,
+}
+
+pub struct Engine {
+    config: EngineConfig,
+    catalog: Arc<RwLock<Catalog>>,
+    buffer: Arc<RwLock<Buffer>>,
+    wal: Wal,
+    /// One persist (or compaction) at a time.
+    persist_lock: Mutex<()>,
+    /// Serialises catalog file writes so that a newer version is never overwritten.
+    catalog_file_lock: Mutex<()>,
+    /// Signalled whenever the buffer shrinks; writers over the memory limit wait on it.
+    space: Arc<(Mutex<()>, Condvar)>,
+    flusher: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
+    closed: AtomicBool,
+    _lock: File,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("data_dir", &self.config.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl Engine {
+    /// Opens (or creates) a data directory, replays its WAL, and starts the flusher.
+    pub fn open(config: EngineConfig) -> Result<Arc<Engine>> {
+        let dir = config.data_dir.clone();
+        paths::create_dir_all_durable(&dir).map_err(io_error(&dir))?;
+        let lock = lock_data_dir(&dir)?;
+        let mut catalog = Catalog::load(&dir)?;
+        remove_orphans(&dir, &catalog);
+
+        let window = i64::try_from(config.window.as_nanos())
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let max_segment_seq = catalog
+            .databases
+            .values()
+            .flat_map(|d| d.tables.values())
+            .flat_map(|t| t.segments.iter())
+            .map(|s| s.max_seq)
+            .max()
+            .unwrap_or(0);
+        let mut buffer = Buffer::new(window, 0);
+        let started = std::time::Instant::now();
+        let stats = wal::replay(&dir, |seq, entry| match entry {
+            WalEntry::Write { db, tables } => {
+                for t in &tables {
+                    merge_schema(&mut catalog, &db, t);
+                }
+                buffer.apply(seq, &db, tables);
+            }
+        })?;
+        // Windows already persisted before the crash need not be buffered again.
+        let keys: Vec<ChunkKey> = buffer.chunks().map(|(k, _)| k).collect();
+        for key in keys {
+            if let Some(persisted) = persisted_seq(&catalog, &key) {
+                buffer.remove_persisted(&key, persisted);
+            }
+        }
+        if stats.records > 0 {
+            tracing::info!(
+                files = stats.files,
+                records = stats.records,
+                rows = buffer.rows(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "replayed the write-ahead log"
+            );
+        }
+        let last_seq = stats.last_seq.max(max_segment_seq).max(buffer.last_seq());
+        buffer.set_last_seq(last_seq);
+
+        let buffer = Arc::new(RwLock::new(buffer));
+        let space = Arc::new((Mutex::new(()), Condvar::new()));
+        let sink_buffer = buffer.clone();
+        let sink: wal::Sink = Box::new(move |seq, entry| match entry {
+            WalEntry::Write { db, tables } => {
+                sink_buffer
+                    .write()
+                    .expect("buffer lock")
+                    .apply(seq, &db, tables);
+            }
+        });
+        let wal = Wal::open(&dir, last_seq + 1, config.wal.clone(), sink)?;
+        let engine = Arc::new(Engine {
+            config,
+            catalog: Arc::new(RwLock::new(catalog)),
+            buffer,
+            wal,
+            persist_lock: Mutex::new(()),
+            catalog_file_lock: Mutex::new(()),
+            space,
+            flusher: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            _lock: lock,
+        });
+        engine.persist_catalog()?;
+        engine.remove_persisted_wal()?;
+        if engine.config.background_flush {
+            engine.start_flusher();
+        }
+        Ok(engine)
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+
+    /// Writes a body of line protocol to database `db`. Returns once the accepted lines are
+    /// durable (in the fsynced WAL) and visible to readers. Rejected lines are reported in
+    /// the outcome; they do not stop the others.
+    pub fn write_lp(&self, db: &str, body: &[u8], precision: Precision) -> Result<WriteOutcome> {
+        let entry = self.prepare(db, body, precision)?;
+        let (rows, errors, entry) = entry;
+        let Some(entry) = entry else {
+            return Ok(WriteOutcome {
+                rows,
+                errors,
+                seq: None,
+            });
+        };
+        let seq = self.wal.append(entry).wait()?;
+        Ok(WriteOutcome {
+            rows,
+            errors,
+            seq: Some(seq),
+        })
+    }
+
+    /// The asynchronous form of [`Engine::write_lp`]; parsing runs on the calling task.
+    pub async fn write_lp_async(
+        &self,
+        db: &str,
+        body: &[u8],
+        precision: Precision,
+    ) -> Result<WriteOutcome> {
+        let (rows, errors, entry) = self.prepare(db, body, precision)?;
+        let Some(entry) = entry else {
+            return Ok(WriteOutcome {
+                rows,
+                errors,
+                seq: None,
+            });
+        };
+        let seq = self.wal.append(entry).wait_async().await?;
+        Ok(WriteOutcome {
+            rows,
+            errors,
+            seq: Some(seq),
+        })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn prepare(
+        &self,
+        db: &str,
+        body: &[u8],
+        precision: Precision,
+    ) -> Result<(usize, Vec<LineError>, Option<WalEntry>)> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        self.wait_for_space();
+        let write = validate(&self.catalog, db, parse_lines(body), precision, now_nanos())?;
+        if write.tables.is_empty() {
+            return Ok((0, write.errors, None));
+        }
+        let entry = WalEntry::Write {
+            db: write.db,
+            tables: write.tables,
+        };
+        Ok((write.rows, write.errors, Some(entry)))
+    }
+
+    /// Back-pressure: while the buffer is at its memory limit, wait for the flusher.
+    fn wait_for_space(&self) {
+        let limit = self.config.memory_limit;
+        if self.buffer.read().expect("buffer lock").bytes() < limit {
+            return;
+        }
+        self.kick_flusher();
+        let (lock, cvar) = &*self.space;
+        let mut guard = lock.lock().expect("space lock");
+        while self.buffer.read().expect("buffer lock").bytes() >= limit
+            && !self.closed.load(Ordering::Acquire)
+        {
+            if !self.config.background_flush {
+                drop(guard);
+                if let Err(e) = self.flush_over_memory() {
+                    tracing::error!(error = %e, "flush under memory pressure failed");
+                }
+                guard = lock.lock().expect("space lock");
+                continue;
+            }
+            guard = cvar
+                .wait_timeout(guard, Duration::from_millis(100))
+                .expect("space lock")
+                .0;
+        }
+    }
+
+    /// A consistent snapshot of a table, or `None` if it does not exist.
+    pub fn snapshot(&self, db: &str, table: &str) -> Option<TableSnapshot> {
+        let catalog = self.catalog.read().expect("catalog lock");
+        let def = catalog.table(db, table)?;
+        let buffer = self.buffer.read().expect("buffer lock");
+        let mut segments = def.segments.clone();
+        segments.sort_by_key(|s| (s.max_seq, s.id));
+        Some(TableSnapshot {
+            db: db.to_owned(),
+            table: table.to_owned(),
+            schema: def.schema(),
+            segments,
+            buffer: buffer.table_batches(db, table),
+            data_dir: self.config.data_dir.clone(),
+        })
+    }
+
+    /// A copy of the catalog as it is now.
+    pub fn catalog(&self) -> Catalog {
+        self.catalog.read().expect("catalog lock").clone()
+    }
+
+    pub fn buffer_stats(&self) -> BufferStats {
+        let buffer = self.buffer.read().expect("buffer lock");
+        BufferStats {
+            rows: buffer.rows(),
+            bytes: buffer.bytes(),
+            wal_files: self.wal.file_count(),
+        }
+    }
+
+    pub fn wal_stats(&self) -> wal::WalStats {
+        self.wal.stats()
+    }
+
+    /// Persists everything buffered and removes the WAL files it came from.
+    pub fn flush(&self) -> Result<()> {
+        let keys: Vec<ChunkKey> = self
+            .buffer
+            .read()
+            .expect("buffer lock")
+            .chunks()
+            .map(|(k, _)| k)
+            .collect();
+        for key in keys {
+            self.persist_chunk(&key)?;
+        }
+        self.remove_persisted_wal()
+    }
+
+    /// Persists the windows that are big enough or old enough, and the largest ones while
+    /// the buffer is over half its memory budget.
+    pub fn flush_due(&self) -> Result<()> {
+        let due: Vec<ChunkKey> = self
+            .buffer
+            .read()
+            .expect("buffer lock")
+            .chunks()
+            .filter(|(_, c)| {
+                c.rows >= self.config.flush_rows || c.since.elapsed() >= self.config.flush_age
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for key in &due {
+            self.persist_chunk(key)?;
+        }
+        self.flush_over_memory()?;
+        self.remove_persisted_wal()
+    }
+
+    fn flush_over_memory(&self) -> Result<()> {
+        let target = self.config.memory_limit / 2;
+        loop {
+            let largest = {
+                let buffer = self.buffer.read().expect("buffer lock");
+                if buffer.bytes() <= target {
+                    return Ok(());
+                }
+                buffer.chunks().max_by_key(|(_, c)| c.bytes).map(|(k, _)| k)
+            };
+            match largest {
+                Some(key) => self.persist_chunk(&key)?,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Writes one window's buffered rows to a new segment and drops them from the buffer.
+    fn persist_chunk(&self, key: &ChunkKey) -> Result<()> {
+        let _guard = self.persist_lock.lock().expect("persist lock");
+        let (batches, max_seq) = {
+            let buffer = self.buffer.read().expect("buffer lock");
+            let Some(chunk) = buffer.chunk(key) else {
+                return Ok(());
+            };
+            let Some(&(max_seq, _)) = chunk.batches.last() else {
+                return Ok(());
+            };
+            (
+                chunk
+                    .batches
+                    .iter()
+                    .map(|(_, b)| b.clone())
+                    .collect::<Vec<_>>(),
+                max_seq,
+            )
+        };
+        let (schema, rel_path, segment_id) = {
+            let mut catalog = self.catalog.write().expect("catalog lock");
+            let segment_id = catalog.next_segment_id();
+            let db = catalog
+                .database(&key.db)
+                .expect("buffered tables are in the catalog");
+            let table = &db.tables[&key.table];
+            let path = paths::segment_path(
+                &db.name,
+                db.id,
+                &table.name,
+                table.id,
+                key.window_start,
+                segment_id.0,
+            );
+            (table.schema(), path, segment_id)
+        };
+        let widened: Vec<RecordBatch> = batches.iter().map(|b| widen(b, &schema)).collect();
+        let sorted = dedup_sort(&schema, &widened)?;
+        let info = segment::write(&self.config.data_dir.join(&rel_path), &sorted)?;
+        {
+            let mut catalog = self.catalog.write().expect("catalog lock");
+            let mut buffer = self.buffer.write().expect("buffer lock");
+            if let Some(table) = catalog.table_mut(&key.db, &key.table) {
+                table.segments.push(SegmentMeta {
+                    id: segment_id,
+                    window_start: key.window_start,
+                    min_time: info.min_time,
+                    max_time: info.max_time,
+                    rows: info.rows,
+                    bytes: info.bytes,
+                    path: rel_path,
+                    max_seq,
+                });
+            }
+            buffer.remove_persisted(key, max_seq);
+        }
+        self.persist_catalog()?;
+        self.space.1.notify_all();
+        tracing::debug!(db = %key.db, table = %key.table, rows = info.rows, bytes = info.bytes, "persisted a segment");
+        Ok(())
+    }
+
+    fn persist_catalog(&self) -> Result<()> {
+        let _guard = self.catalog_file_lock.lock().expect("catalog file lock");
+        let snapshot = {
+            let mut catalog = self.catalog.write().expect("catalog lock");
+            catalog.version += 1;
+            catalog.clone()
+        };
+        snapshot.persist(&self.config.data_dir)?;
+        Ok(())
+    }
+
+    fn remove_persisted_wal(&self) -> Result<()> {
+        let below = self
+            .buffer
+            .read()
+            .expect("buffer lock")
+            .min_unpersisted_seq();
+        self.wal.remove_persisted(below)?;
+        Ok(())
+    }
+
+    fn kick_flusher(&self) {
+        if let Some((tx, _)) = self.flusher.lock().expect("flusher lock").as_ref() {
+            let _ = tx.try_send(());
+        }
+    }
+
+    fn start_flusher(self: &Arc<Self>) {
+        let (tx, rx) = crossbeam::channel::bounded::<()>(1);
+        let weak: Weak<Engine> = Arc::downgrade(self);
+        let interval = self.config.flush_interval;
+        let handle = std::thread::Builder::new()
+            .name("gannet-flush".into())
+            .spawn(move || {
+                loop {
+                    match rx.recv_timeout(interval) {
+                        Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                    let Some(engine) = weak.upgrade() else { return };
+                    if let Err(e) = engine.flush_due() {
+                        tracing::error!(error = %e, "background flush failed; will retry");
+                    }
+                }
+            })
+            .expect("spawning the flusher thread");
+        *self.flusher.lock().expect("flusher lock") = Some((tx, handle));
+    }
+
+    /// Stops the flusher and the WAL, persists everything buffered, and writes the catalog.
+    /// Writes after this fail with [`Error::Closed`].
+    pub fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        if let Some((tx, handle)) = self.flusher.lock().expect("flusher lock").take() {
+            drop(tx);
+            let _ = handle.join();
+        }
+        self.wal.close();
+        self.flush()?;
+        self.persist_catalog()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // Without close(), acknowledged writes are still safe in the WAL.
+        self.wal.close();
+    }
+}
+
+/// The highest sequence number already persisted for a chunk's table and window.
+fn persisted_seq(catalog: &Catalog, key: &ChunkKey) -> Option<u64> {
+    catalog
+        .table(&key.db, &key.table)?
+        .segments
+        .iter()
+        .filter(|s| s.window_start == key.window_start)
+        .map(|s| s.max_seq)
+        .max()
+}
+
+/// Adds the columns of a replayed batch to the catalog (they may not have been persisted).
+fn merge_schema(catalog: &mut Catalog, db: &str, batch: &TableBatch) {
+    let table = match catalog.table_or_create(db, &batch.table) {
+        Ok(table) => table,
+        Err(e) => {
+            tracing::error!(error = %e, "WAL names a table that cannot exist");
+            return;
+        }
+    };
+    for field in batch.batch.schema().fields() {
+        if table.column_type(field.name()).is_some() {
+            continue;
+        }
+        let column_type = match (
+            field.metadata().get(COLUMN_KIND_KEY).map(String::as_str),
+            field.data_type(),
+        ) {
+            (Some("tag"), _) => ColumnType::Tag,
+            (_, arrow::datatypes::DataType::Float64) => ColumnType::Float,
+            (_, arrow::datatypes::DataType::Int64) => ColumnType::Integer,
+            (_, arrow::datatypes::DataType::UInt64) => ColumnType::UInteger,
+            (_, arrow::datatypes::DataType::Utf8) => ColumnType::String,
+            (_, arrow::datatypes::DataType::Boolean) => ColumnType::Boolean,
+            (kind, other) => {
+                tracing::error!(column = %field.name(), ?kind, data_type = %other, "WAL batch has a column of unknown type");
+                continue;
+            }
+        };
+        table.add_column(field.name(), column_type);
+    }
+}
+
+/// Takes the data directory's OS lock, recording this process's id in it.
+fn lock_data_dir(dir: &Path) -> Result<File> {
+    let path = paths::lock_file(dir);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_error(&path))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let pid = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            return Err(Error::Locked {
+                dir: dir.display().to_string(),
+                pid,
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io_error(&path)(e)),
+    }
+    file.set_len(0).map_err(io_error(&path))?;
+    writeln!(file, "{}", std::process::id()).map_err(io_error(&path))?;
+    Ok(file)
+}
+
+/// Removes segment files the catalog does not list (written before a crash, never
+/// recorded) and temporary files.
+fn remove_orphans(dir: &Path, catalog: &Catalog) {
+    let listed: std::collections::HashSet<PathBuf> = catalog
+        .databases
+        .values()
+        .flat_map(|d| d.tables.values())
+        .flat_map(|t| t.segments.iter())
+        .map(|s| dir.join(&s.path))
+        .collect();
+    let mut stack = vec![dir.join(paths::SEGMENTS_DIR)];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if !listed.contains(&path) {
+                tracing::info!(file = %path.display(), "removing a segment file the catalog does not list");
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    let _ = std::fs::remove_file(paths::catalog_file(dir).with_extension("tmp"));
+}

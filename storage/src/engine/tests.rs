@@ -1,0 +1,211 @@
+use super::*;
+use arrow::array::{Array, Float64Array};
+
+fn open(dir: &Path) -> Arc<Engine> {
+    Engine::open(EngineConfig::test_config(dir)).unwrap()
+}
+
+fn values(engine: &Engine, table: &str, column: &str) -> Vec<Option<f64>> {
+    let batch = engine.snapshot("db", table).unwrap().read_all().unwrap();
+    let col = batch.column_by_name(column).unwrap();
+    let col = col.as_any().downcast_ref::<Float64Array>().unwrap();
+    (0..col.len())
+        .map(|i| col.is_valid(i).then(|| col.value(i)))
+        .collect()
+}
+
+#[test]
+fn writes_are_visible_once_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path());
+    let out = engine
+        .write_lp(
+            "db",
+            b"cpu,host=a v=1 1\ncpu,host=b v=2 1\nbad line",
+            Precision::Second,
+        )
+        .unwrap();
+    assert_eq!(out.rows, 2);
+    assert_eq!(out.errors.len(), 1);
+    assert_eq!(out.errors[0].line_number, 3);
+    assert_eq!(values(&engine, "cpu", "v"), [Some(1.0), Some(2.0)]);
+}
+
+#[test]
+fn a_body_of_only_bad_lines_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path());
+    let out = engine
+        .write_lp("db", b"nope\nstill nope", Precision::Second)
+        .unwrap();
+    assert_eq!((out.rows, out.errors.len(), out.seq), (0, 2, None));
+    assert!(engine.snapshot("db", "nope").is_none());
+}
+
+#[test]
+fn last_write_wins_across_buffer_and_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path());
+    engine
+        .write_lp(
+            "db",
+            b"cpu,host=a u=1,s=1 10\ncpu,host=b u=5 10",
+            Precision::Second,
+        )
+        .unwrap();
+    engine.flush().unwrap();
+    engine
+        .write_lp("db", b"cpu,host=a u=2 10", Precision::Second)
+        .unwrap();
+    engine.flush().unwrap();
+    engine
+        .write_lp("db", b"cpu,host=a s=3 10", Precision::Second)
+        .unwrap();
+    let snap = engine.snapshot("db", "cpu").unwrap();
+    assert_eq!(snap.segments.len(), 2);
+    assert_eq!(snap.buffer.len(), 1);
+    assert_eq!(values(&engine, "cpu", "u"), [Some(2.0), Some(5.0)]);
+    assert_eq!(values(&engine, "cpu", "s"), [Some(3.0), None]);
+}
+
+#[test]
+fn reopening_replays_the_wal_and_keeps_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = open(dir.path());
+        engine
+            .write_lp("db", b"cpu v=1 1", Precision::Second)
+            .unwrap();
+        engine.flush().unwrap();
+        engine
+            .write_lp("db", b"cpu v=2 2\ncpu,new=tag v=3 3", Precision::Second)
+            .unwrap();
+        // Dropped without close: as after a crash, only the WAL has the last write.
+    }
+    let engine = open(dir.path());
+    assert_eq!(
+        values(&engine, "cpu", "v"),
+        [Some(1.0), Some(2.0), Some(3.0)]
+    );
+    let snap = engine.snapshot("db", "cpu").unwrap();
+    assert!(
+        snap.schema.field_with_name("new").is_ok(),
+        "replay restores new columns"
+    );
+    let next = engine
+        .write_lp("db", b"cpu v=4 4", Precision::Second)
+        .unwrap();
+    assert!(
+        next.seq.unwrap() > 2,
+        "sequence numbers continue after replay"
+    );
+}
+
+#[test]
+fn flushing_removes_wal_files_and_close_persists_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path());
+    for i in 0..20 {
+        let body = format!("cpu,host=h{} v={i} {i}", i % 3);
+        engine
+            .write_lp("db", body.as_bytes(), Precision::Second)
+            .unwrap();
+    }
+    engine.flush().unwrap();
+    let stats = engine.buffer_stats();
+    assert_eq!((stats.rows, stats.bytes, stats.wal_files), (0, 0, 1));
+    engine
+        .write_lp("db", b"cpu,host=h0 v=100 100", Precision::Second)
+        .unwrap();
+    engine.close().unwrap();
+    assert!(matches!(
+        engine.write_lp("db", b"cpu v=1", Precision::Second),
+        Err(Error::Closed)
+    ));
+    drop(engine);
+
+    let engine = open(dir.path());
+    assert_eq!(
+        engine.buffer_stats().rows,
+        0,
+        "nothing left to replay after a clean close"
+    );
+    assert_eq!(values(&engine, "cpu", "v").len(), 21);
+}
+
+#[test]
+fn windows_become_separate_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path());
+    // 0 s and 3600 s fall in different 10-minute windows.
+    engine
+        .write_lp(
+            "db",
+            b"cpu v=1 0\ncpu v=2 3600\ncpu v=3 1",
+            Precision::Second,
+        )
+        .unwrap();
+    engine.flush().unwrap();
+    let catalog = engine.catalog();
+    let segments = &catalog.table("db", "cpu").unwrap().segments;
+    assert_eq!(segments.len(), 2);
+    let mut rows: Vec<u64> = segments.iter().map(|s| s.rows).collect();
+    rows.sort();
+    assert_eq!(rows, [1, 2]);
+    for s in segments {
+        assert!(dir.path().join(&s.path).exists());
+        assert!(s.min_time <= s.max_time);
+    }
+}
+
+#[test]
+fn a_second_opener_is_refused_with_the_owners_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let _engine = open(dir.path());
+    let err = Engine::open(EngineConfig::test_config(dir.path())).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("in use by another Gannet process"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("pid {}", std::process::id())),
+        "{message}"
+    );
+}
+
+#[test]
+fn writers_wait_when_the_buffer_is_full_and_memory_stays_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        memory_limit: 64 << 10,
+        ..EngineConfig::test_config(dir.path())
+    };
+    let engine = Engine::open(config).unwrap();
+    for i in 0..200 {
+        let body: String = (0..50)
+            .map(|j| format!("cpu,host=h{j} v={i} {}\n", i * 50 + j))
+            .collect();
+        engine
+            .write_lp("db", body.as_bytes(), Precision::Second)
+            .unwrap();
+        assert!(
+            engine.buffer_stats().bytes < 256 << 10,
+            "buffer grew past its limit"
+        );
+    }
+    assert_eq!(values(&engine, "cpu", "v").len(), 10_000);
+}
+
+#[test]
+fn orphan_segments_are_removed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    let orphan = dir
+        .path()
+        .join("segments/db-1/cpu-2/x/00000000000000000009.parquet");
+    std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+    std::fs::write(&orphan, b"half a file").unwrap();
+    drop(open(dir.path()));
+    assert!(!orphan.exists());
+}

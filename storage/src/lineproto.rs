@@ -1,0 +1,402 @@
+//! InfluxDB line protocol, parsed zero-copy over the request body.
+//!
+//! ```text
+//! measurement[,tag=value...] field=value[,field=value...] [timestamp]
+//! ```
+//!
+//! Every element borrows from the body; only elements that contain escape sequences are
+//! copied (to unescape them). A bad line yields a [`LineError`] with its 1-based line number
+//! and the column where parsing stopped; the other lines of the body are unaffected.
+//!
+//! Escaping, as InfluxDB defines it:
+//! - measurement: `\,` `\ ` (and `\\`)
+//! - tag keys, tag values, field keys: `\,` `\=` `\ ` (and `\\`)
+//! - string field values: `\"` `\\`
+//!
+//! A backslash before any other character is taken literally. Newlines cannot appear inside
+//! an element: a body is split into lines first, as InfluxDB does.
+
+use std::borrow::Cow;
+use std::fmt;
+
+#[cfg(test)]
+mod tests;
+
+/// A typed field value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue<'a> {
+    Float(f64),
+    Integer(i64),
+    UInteger(u64),
+    String(Cow<'a, str>),
+    Boolean(bool),
+}
+
+impl FieldValue<'_> {
+    /// The InfluxDB name of this value's type, for messages.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            FieldValue::Float(_) => "float",
+            FieldValue::Integer(_) => "integer",
+            FieldValue::UInteger(_) => "unsigned",
+            FieldValue::String(_) => "string",
+            FieldValue::Boolean(_) => "boolean",
+        }
+    }
+}
+
+/// One parsed point, borrowing from the body it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedLine<'a> {
+    /// 1-based line number in the body.
+    pub line_number: usize,
+    pub measurement: Cow<'a, str>,
+    pub tags: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    pub fields: Vec<(Cow<'a, str>, FieldValue<'a>)>,
+    /// The timestamp as written, in the request's precision; `None` takes the server's time.
+    pub timestamp: Option<i64>,
+    /// The line as it appeared in the body (without the line terminator).
+    pub raw: &'a str,
+}
+
+/// A rejected line: where, what, and the line itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineError {
+    /// 1-based line number in the body.
+    pub line_number: usize,
+    pub original_line: String,
+    pub message: String,
+}
+
+impl fmt::Display for LineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line_number, self.message)
+    }
+}
+
+impl std::error::Error for LineError {}
+
+/// Parses every line of `body`, skipping blank lines and `#` comments.
+pub fn parse_lines(body: &[u8]) -> Lines<'_> {
+    Lines {
+        body,
+        pos: 0,
+        line_number: 0,
+    }
+}
+
+/// Iterator over the points of a body; see [`parse_lines`].
+#[derive(Debug)]
+pub struct Lines<'a> {
+    body: &'a [u8],
+    pos: usize,
+    line_number: usize,
+}
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = Result<ParsedLine<'a>, LineError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.pos >= self.body.len() {
+                return None;
+            }
+            let rest = &self.body[self.pos..];
+            let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+            let mut line = &rest[..end];
+            self.pos += end + 1;
+            self.line_number += 1;
+            if let [head @ .., b'\r'] = line {
+                line = head;
+            }
+            let first = line.iter().position(|b| !matches!(b, b' ' | b'\t'));
+            match first {
+                None => continue,
+                Some(i) if line[i] == b'#' => continue,
+                Some(_) => {}
+            }
+            let line_number = self.line_number;
+            let text = match std::str::from_utf8(line) {
+                Ok(text) => text,
+                Err(e) => {
+                    return Some(Err(LineError {
+                        line_number,
+                        original_line: String::from_utf8_lossy(line).into_owned(),
+                        message: format!("invalid UTF-8 at column {}", e.valid_up_to() + 1),
+                    }));
+                }
+            };
+            return Some(parse_line(text, line_number));
+        }
+    }
+}
+
+/// Parses one line (without its terminator). Blank and comment lines are errors here:
+/// [`parse_lines`] skips them before calling this.
+pub fn parse_line(line: &str, line_number: usize) -> Result<ParsedLine<'_>, LineError> {
+    Parser {
+        line,
+        bytes: line.as_bytes(),
+        pos: 0,
+    }
+    .parse(line_number)
+    .map_err(|(column, message)| LineError {
+        line_number,
+        original_line: line.to_owned(),
+        message: format!("{message} (column {column})"),
+    })
+}
+
+/// Characters a backslash escapes in each element.
+const MEASUREMENT_ESCAPES: &[u8] = b", \\";
+const KEY_ESCAPES: &[u8] = b",= \\";
+const STRING_ESCAPES: &[u8] = b"\"\\";
+
+type ParseResult<T> = Result<T, (usize, String)>;
+
+struct Parser<'a> {
+    line: &'a str,
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Parser<'a> {
+    fn parse(mut self, line_number: usize) -> ParseResult<ParsedLine<'a>> {
+        // Leading whitespace is tolerated, as InfluxDB does.
+        while matches!(self.peek(), Some(b' ' | b'\t')) {
+            self.pos += 1;
+        }
+        let measurement = self.element(|b| b == b',' || b == b' ', MEASUREMENT_ESCAPES);
+        if measurement.is_empty() {
+            return self.fail("missing measurement");
+        }
+        let mut tags: Vec<(Cow<'a, str>, Cow<'a, str>)> = Vec::new();
+        while self.peek() == Some(b',') {
+            self.pos += 1;
+            let key = self.element(|b| matches!(b, b'=' | b',' | b' '), KEY_ESCAPES);
+            if key.is_empty() {
+                return self.fail("missing tag key");
+            }
+            if self.peek() != Some(b'=') {
+                return self.fail(format!("expected '=' after tag key '{key}'"));
+            }
+            self.pos += 1;
+            let value = self.element(|b| b == b',' || b == b' ', KEY_ESCAPES);
+            if value.is_empty() {
+                return self.fail(format!("missing value for tag '{key}'"));
+            }
+            if tags.iter().any(|(k, _)| *k == key) {
+                return self.fail(format!("duplicate tag '{key}'"));
+            }
+            tags.push((key, value));
+        }
+        if self.peek() != Some(b' ') {
+            return match self.peek() {
+                None => self.fail("missing fields"),
+                Some(_) => self.fail("expected a space before the fields"),
+            };
+        }
+        self.skip_spaces();
+        let mut fields: Vec<(Cow<'a, str>, FieldValue<'a>)> = Vec::new();
+        loop {
+            let key = self.element(|b| matches!(b, b'=' | b',' | b' '), KEY_ESCAPES);
+            if key.is_empty() {
+                return self.fail("missing field key");
+            }
+            if self.peek() != Some(b'=') {
+                return self.fail(format!("expected '=' after field key '{key}'"));
+            }
+            self.pos += 1;
+            let value = self.field_value(&key)?;
+            if fields.iter().any(|(k, _)| *k == key) {
+                return self.fail(format!("duplicate field '{key}'"));
+            }
+            fields.push((key, value));
+            match self.peek() {
+                Some(b',') => self.pos += 1,
+                _ => break,
+            }
+        }
+        let timestamp = match self.peek() {
+            None => None,
+            Some(b' ') => {
+                self.skip_spaces();
+                self.timestamp()?
+            }
+            Some(_) => return self.fail("expected a space or ',' after a field"),
+        };
+        Ok(ParsedLine {
+            line_number,
+            measurement,
+            tags,
+            fields,
+            timestamp,
+            raw: self.line,
+        })
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.pos).copied()
+    }
+
+    fn skip_spaces(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t')) {
+            self.pos += 1;
+        }
+    }
+
+    fn fail<T>(&self, message: impl Into<String>) -> ParseResult<T> {
+        Err((self.pos + 1, message.into()))
+    }
+
+    /// Scans an element up to the first unescaped stop byte, unescaping only if needed.
+    fn element(&mut self, stop: impl Fn(u8) -> bool, escapes: &[u8]) -> Cow<'a, str> {
+        let start = self.pos;
+        let mut escaped = false;
+        while let Some(b) = self.peek() {
+            if b == b'\\' && self.pos + 1 < self.bytes.len() {
+                escaped = true;
+                self.pos += 2;
+                continue;
+            }
+            if stop(b) {
+                break;
+            }
+            self.pos += 1;
+        }
+        // The stop bytes are ASCII, so `pos` is always on a char boundary.
+        let raw = &self.line[start..self.pos];
+        if escaped {
+            unescape(raw, escapes)
+        } else {
+            Cow::Borrowed(raw)
+        }
+    }
+
+    fn field_value(&mut self, key: &str) -> ParseResult<FieldValue<'a>> {
+        if self.peek() == Some(b'"') {
+            self.pos += 1;
+            let start = self.pos;
+            let mut escaped = false;
+            loop {
+                match self.peek() {
+                    None => {
+                        return self.fail(format!("unterminated string value for field '{key}'"));
+                    }
+                    Some(b'\\') if self.pos + 1 < self.bytes.len() => {
+                        escaped = true;
+                        self.pos += 2;
+                    }
+                    Some(b'"') => break,
+                    Some(_) => self.pos += 1,
+                }
+            }
+            let raw = &self.line[start..self.pos];
+            self.pos += 1;
+            let value = if escaped {
+                unescape(raw, STRING_ESCAPES)
+            } else {
+                Cow::Borrowed(raw)
+            };
+            return Ok(FieldValue::String(value));
+        }
+        let start = self.pos;
+        while let Some(b) = self.peek() {
+            if b == b',' || b == b' ' {
+                break;
+            }
+            self.pos += 1;
+        }
+        let text = &self.line[start..self.pos];
+        let column = start + 1;
+        let invalid = |what: &str| -> ParseResult<FieldValue<'a>> {
+            Err((
+                column,
+                format!("invalid {what} value '{text}' for field '{key}'"),
+            ))
+        };
+        match text.as_bytes() {
+            [] => Err((column, format!("missing value for field '{key}'"))),
+            [digits @ .., b'i'] if looks_numeric(digits) => match text[..digits.len()].parse() {
+                Ok(v) => Ok(FieldValue::Integer(v)),
+                Err(_) => invalid("integer"),
+            },
+            [digits @ .., b'u'] if looks_numeric(digits) => match text[..digits.len()].parse() {
+                Ok(v) => Ok(FieldValue::UInteger(v)),
+                Err(_) => invalid("unsigned"),
+            },
+            b"t" | b"T" | b"true" | b"True" | b"TRUE" => Ok(FieldValue::Boolean(true)),
+            b"f" | b"F" | b"false" | b"False" | b"FALSE" => Ok(FieldValue::Boolean(false)),
+            bytes if looks_numeric(bytes) => match text.parse::<f64>() {
+                Ok(v) if v.is_finite() => Ok(FieldValue::Float(v)),
+                _ => invalid("float"),
+            },
+            _ => invalid("field"),
+        }
+    }
+
+    fn timestamp(&mut self) -> ParseResult<Option<i64>> {
+        let start = self.pos;
+        let rest = self.line[start..].trim_end_matches([' ', '\t']);
+        if rest.is_empty() {
+            return Ok(None);
+        }
+        self.pos = start + rest.len();
+        match rest.parse::<i64>() {
+            Ok(ts) => Ok(Some(ts)),
+            Err(_) => Err((start + 1, format!("invalid timestamp '{rest}'"))),
+        }
+    }
+}
+
+/// Cheap pre-check that keeps `inf`, `NaN` and other words out of the number parsers.
+fn looks_numeric(bytes: &[u8]) -> bool {
+    !bytes.is_empty()
+        && bytes.iter().any(u8::is_ascii_digit)
+        && bytes
+            .iter()
+            .all(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+}
+
+fn unescape<'a>(raw: &str, escapes: &[u8]) -> Cow<'a, str> {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\'
+            && let Some(&next) = chars.peek()
+            && next.is_ascii()
+            && escapes.contains(&(next as u8))
+        {
+            out.push(next);
+            chars.next();
+            continue;
+        }
+        out.push(c);
+    }
+    Cow::Owned(out)
+}
+
+/// Writes `s` escaped for the given element, the inverse of parsing. Used by tests and tools
+/// that produce line protocol.
+pub fn escape_into(out: &mut String, s: &str, element: Element) {
+    let escapes = match element {
+        Element::Measurement => MEASUREMENT_ESCAPES,
+        Element::Key => KEY_ESCAPES,
+        Element::StringValue => STRING_ESCAPES,
+    };
+    for c in s.chars() {
+        if c.is_ascii() && escapes.contains(&(c as u8)) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+}
+
+/// Which element of a line a string is escaped for; see [`escape_into`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Element {
+    Measurement,
+    /// Tag keys, tag values and field keys.
+    Key,
+    StringValue,
+}

@@ -1,0 +1,262 @@
+use super::*;
+use proptest::prelude::*;
+
+fn one(line: &str) -> ParsedLine<'_> {
+    parse_line(line, 1).unwrap_or_else(|e| panic!("{line:?} should parse: {e}"))
+}
+
+fn err(line: &str) -> String {
+    parse_line(line, 7).expect_err(line).to_string()
+}
+
+#[test]
+fn parses_a_full_line() {
+    let p =
+        one("cpu,host=a,region=eu usage=0.5,count=3i,big=7u,ok=t,name=\"x y\" 1700000000000000000");
+    assert_eq!(p.measurement, "cpu");
+    assert_eq!(
+        p.tags,
+        vec![("host".into(), "a".into()), ("region".into(), "eu".into())]
+    );
+    assert_eq!(
+        p.fields,
+        vec![
+            ("usage".into(), FieldValue::Float(0.5)),
+            ("count".into(), FieldValue::Integer(3)),
+            ("big".into(), FieldValue::UInteger(7)),
+            ("ok".into(), FieldValue::Boolean(true)),
+            ("name".into(), FieldValue::String("x y".into())),
+        ]
+    );
+    assert_eq!(p.timestamp, Some(1_700_000_000_000_000_000));
+}
+
+#[test]
+fn elements_without_escapes_borrow_from_the_body() {
+    let p = one("cpu,host=a usage=1");
+    assert!(matches!(p.measurement, Cow::Borrowed(_)));
+    assert!(matches!(p.tags[0].1, Cow::Borrowed(_)));
+    assert_eq!(p.timestamp, None);
+}
+
+#[test]
+fn floats_take_every_form() {
+    for (text, want) in [
+        ("1", 1.0),
+        ("-1.5", -1.5),
+        ("1e3", 1000.0),
+        ("1.5E-3", 0.0015),
+        (".5", 0.5),
+        ("+2", 2.0),
+    ] {
+        let line = format!("m v={text}");
+        assert_eq!(one(&line).fields[0].1, FieldValue::Float(want), "{text}");
+    }
+}
+
+#[test]
+fn booleans_take_every_spelling() {
+    for t in ["t", "T", "true", "True", "TRUE"] {
+        assert_eq!(
+            one(&format!("m v={t}")).fields[0].1,
+            FieldValue::Boolean(true)
+        );
+    }
+    for f in ["f", "F", "false", "False", "FALSE"] {
+        assert_eq!(
+            one(&format!("m v={f}")).fields[0].1,
+            FieldValue::Boolean(false)
+        );
+    }
+}
+
+#[test]
+fn escapes_are_undone_per_element() {
+    let p = one(r#"my\ cpu\,x,ho\=st=a\ b\,c f\ 1="say \"hi\" \\ \n" 5"#);
+    assert_eq!(p.measurement, "my cpu,x");
+    assert_eq!(p.tags[0], ("ho=st".into(), "a b,c".into()));
+    assert_eq!(p.fields[0].0, "f 1");
+    assert_eq!(p.fields[0].1, FieldValue::String(r#"say "hi" \ \n"#.into()));
+    assert_eq!(p.timestamp, Some(5));
+}
+
+#[test]
+fn string_values_may_hold_separators() {
+    let p = one(r#"m s="a,b=c d",n=1i"#);
+    assert_eq!(p.fields[0].1, FieldValue::String("a,b=c d".into()));
+    assert_eq!(p.fields[1].1, FieldValue::Integer(1));
+}
+
+#[test]
+fn body_skips_comments_blank_lines_and_crlf() {
+    let body = b"# header\r\n\r\ncpu v=1 1\r\n   \n  # indented comment\ncpu v=2 2\n";
+    let lines: Vec<_> = parse_lines(body).collect::<Result<_, _>>().unwrap();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0].line_number, 3);
+    assert_eq!(lines[0].raw, "cpu v=1 1");
+    assert_eq!(lines[1].line_number, 6);
+    assert_eq!(lines[1].timestamp, Some(2));
+}
+
+#[test]
+fn a_bad_line_rejects_only_itself() {
+    let body = b"cpu v=1 1\ncpu v= 2\ncpu v=3 3";
+    let results: Vec<_> = parse_lines(body).collect();
+    assert!(results[0].is_ok());
+    let e = results[1].as_ref().unwrap_err();
+    assert_eq!(e.line_number, 2);
+    assert_eq!(e.original_line, "cpu v= 2");
+    assert!(e.message.contains("missing value for field 'v'"), "{e}");
+    assert!(results[2].is_ok());
+}
+
+#[test]
+fn errors_say_what_and_where() {
+    let cases = [
+        ("cpu", "missing fields"),
+        ("cpu,host=a", "missing fields"),
+        (",host=a v=1", "missing measurement"),
+        ("cpu,host v=1", "expected '=' after tag key 'host'"),
+        ("cpu,host= v=1", "missing value for tag 'host'"),
+        ("cpu,=a v=1", "missing tag key"),
+        ("cpu v", "expected '=' after field key 'v'"),
+        ("cpu =1", "missing field key"),
+        ("cpu v=abc", "invalid field value 'abc' for field 'v'"),
+        ("cpu v=1.2.3", "invalid float value '1.2.3'"),
+        ("cpu v=9223372036854775808i", "invalid integer value"),
+        ("cpu v=-1u", "invalid unsigned value"),
+        ("cpu v=NaN", "invalid field value 'NaN'"),
+        ("cpu v=inf", "invalid field value 'inf'"),
+        ("cpu v=\"open", "unterminated string value for field 'v'"),
+        ("cpu v=1 12x", "invalid timestamp '12x'"),
+        ("cpu v=1 1 2", "invalid timestamp '1 2'"),
+        ("cpu,a=1,a=2 v=1", "duplicate tag 'a'"),
+        ("cpu v=1,v=2", "duplicate field 'v'"),
+        ("cpu v=1,", "missing field key"),
+    ];
+    for (line, want) in cases {
+        let got = err(line);
+        assert!(got.starts_with("line 7: "), "{got}");
+        assert!(got.contains(want), "{line:?}: got {got:?}, want {want:?}");
+        assert!(got.contains("(column "), "{got}");
+    }
+}
+
+#[test]
+fn invalid_utf8_rejects_the_line() {
+    let body = b"cpu v=1\ncpu,h=\xff v=1\n";
+    let results: Vec<_> = parse_lines(body).collect();
+    assert!(results[0].is_ok());
+    let e = results[1].as_ref().unwrap_err();
+    assert_eq!(e.line_number, 2);
+    assert!(e.message.contains("invalid UTF-8 at column 7"), "{e}");
+}
+
+#[test]
+fn negative_and_trailing_space_timestamps() {
+    assert_eq!(one("m v=1 -5  ").timestamp, Some(-5));
+    assert_eq!(one("m v=1   ").timestamp, None);
+}
+
+// --- property: writing points as line protocol and parsing them gives them back ---
+
+#[derive(Debug, Clone)]
+struct Point {
+    measurement: String,
+    tags: Vec<(String, String)>,
+    fields: Vec<(String, FieldValue<'static>)>,
+    timestamp: Option<i64>,
+}
+
+fn name() -> impl Strategy<Value = String> {
+    // Printable text, including every character that needs escaping somewhere.
+    prop::string::string_regex(r#"[a-zA-Z0-9_ ,="\\é\-]{1,12}"#).unwrap()
+}
+
+fn field_value() -> impl Strategy<Value = FieldValue<'static>> {
+    prop_oneof![
+        any::<f64>()
+            .prop_filter("finite", |v| v.is_finite())
+            .prop_map(FieldValue::Float),
+        any::<i64>().prop_map(FieldValue::Integer),
+        any::<u64>().prop_map(FieldValue::UInteger),
+        any::<bool>().prop_map(FieldValue::Boolean),
+        prop::string::string_regex(r#"[a-z ,="\\]{0,10}"#)
+            .unwrap()
+            .prop_map(|s| FieldValue::String(s.into())),
+    ]
+}
+
+fn point() -> impl Strategy<Value = Point> {
+    (
+        name().prop_filter("no leading #", |m| {
+            !m.starts_with('#') && !m.starts_with(' ')
+        }),
+        prop::collection::btree_map(name(), name(), 0..4),
+        prop::collection::btree_map(name(), field_value(), 1..5),
+        prop::option::of(any::<i64>()),
+    )
+        .prop_map(|(measurement, tags, fields, timestamp)| Point {
+            measurement,
+            tags: tags.into_iter().collect(),
+            fields: fields.into_iter().collect(),
+            timestamp,
+        })
+}
+
+fn to_line(p: &Point) -> String {
+    let mut s = String::new();
+    escape_into(&mut s, &p.measurement, Element::Measurement);
+    for (k, v) in &p.tags {
+        s.push(',');
+        escape_into(&mut s, k, Element::Key);
+        s.push('=');
+        escape_into(&mut s, v, Element::Key);
+    }
+    for (i, (k, v)) in p.fields.iter().enumerate() {
+        s.push(if i == 0 { ' ' } else { ',' });
+        escape_into(&mut s, k, Element::Key);
+        s.push('=');
+        match v {
+            FieldValue::Float(f) => s.push_str(&format!("{f:?}")),
+            FieldValue::Integer(i) => s.push_str(&format!("{i}i")),
+            FieldValue::UInteger(u) => s.push_str(&format!("{u}u")),
+            FieldValue::Boolean(b) => s.push_str(if *b { "true" } else { "false" }),
+            FieldValue::String(v) => {
+                s.push('"');
+                escape_into(&mut s, v, Element::StringValue);
+                s.push('"');
+            }
+        }
+    }
+    if let Some(ts) = p.timestamp {
+        s.push_str(&format!(" {ts}"));
+    }
+    s
+}
+
+proptest! {
+    #[test]
+    fn roundtrip(points in prop::collection::vec(point(), 1..20)) {
+        let body = points.iter().map(to_line).collect::<Vec<_>>().join("\n");
+        let parsed: Vec<_> = parse_lines(body.as_bytes()).collect::<Result<_, _>>().unwrap();
+        prop_assert_eq!(parsed.len(), points.len());
+        for (p, got) in points.iter().zip(&parsed) {
+            prop_assert_eq!(&got.measurement, &p.measurement);
+            let tags: Vec<(String, String)> =
+                got.tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            prop_assert_eq!(&tags, &p.tags);
+            let fields: Vec<(String, FieldValue<'_>)> =
+                got.fields.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+            prop_assert_eq!(&fields, &p.fields);
+            prop_assert_eq!(got.timestamp, p.timestamp);
+        }
+    }
+
+    #[test]
+    fn never_panics_on_arbitrary_bytes(body in prop::collection::vec(any::<u8>(), 0..200)) {
+        for line in parse_lines(&body) {
+            let _ = line;
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Parquet segments: one sorted, deduplicated run of a table's rows for one time window.
+//!
+//! Files are zstd-compressed, sorted by (tags, time), with column and page statistics and
+//! the Arrow schema embedded, so any Parquet reader can read them and Gannet's reader can
+//! prune by time and tags.
+
+use std::fs::File;
+use std::path::Path;
+
+use arrow::array::{Array, TimestampNanosecondArray};
+use arrow::compute::kernels::aggregate::{max, min};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::SortingColumn;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+
+use crate::catalog::TIME_COLUMN;
+use crate::dedup::key_columns;
+use crate::paths;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentError {
+    #[error("segment {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("segment {path}: {source}")]
+    Parquet {
+        path: String,
+        source: parquet::errors::ParquetError,
+    },
+    #[error("segment {path}: {source}")]
+    Arrow {
+        path: String,
+        source: arrow::error::ArrowError,
+    },
+}
+
+/// What a written segment holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub rows: u64,
+    pub bytes: u64,
+    pub min_time: i64,
+    pub max_time: i64,
+}
+
+/// Rows per row group: small enough to prune inside a segment, large enough to compress.
+const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// Writes `batch` (sorted and deduplicated, see [`crate::dedup::dedup_sort`]) to `path`
+/// durably: a temporary file, fsynced, renamed into place, the directory fsynced.
+pub fn write(path: &Path, batch: &RecordBatch) -> Result<SegmentInfo, SegmentError> {
+    let shown = path.display().to_string();
+    let io = |source| SegmentError::Io {
+        path: shown.clone(),
+        source,
+    };
+    let dir = path.parent().expect("segment paths have a directory");
+    paths::create_dir_all_durable(dir).map_err(io)?;
+
+    let times = batch
+        .column_by_name(TIME_COLUMN)
+        .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
+        .expect("segments have a nanosecond time column");
+    let (min_time, max_time) = (min(times).unwrap_or(0), max(times).unwrap_or(0));
+
+    let schema = batch.schema();
+    let sorting: Vec<SortingColumn> = key_columns(&schema)
+        .into_iter()
+        .map(|i| SortingColumn {
+            column_idx: i as i32,
+            descending: false,
+            nulls_first: true,
+        })
+        .collect();
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).expect("valid level"),
+        ))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_sorting_columns(Some(sorting))
+        .build();
+
+    let tmp = path.with_extension("parquet.tmp");
+    let file = File::create(&tmp).map_err(io)?;
+    let parquet = |source| SegmentError::Parquet {
+        path: shown.clone(),
+        source,
+    };
+    let mut writer = ArrowWriter::try_new(file, schema, Some(props)).map_err(parquet)?;
+    writer.write(batch).map_err(parquet)?;
+    let file = writer.into_inner().map_err(parquet)?;
+    file.sync_all().map_err(io)?;
+    let bytes = file.metadata().map_err(io)?.len();
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(io)?;
+    paths::sync_dir(dir).map_err(io)?;
+    Ok(SegmentInfo {
+        rows: batch.num_rows() as u64,
+        bytes,
+        min_time,
+        max_time,
+    })
+}
+
+/// Reads a whole segment.
+pub fn read(path: &Path) -> Result<Vec<RecordBatch>, SegmentError> {
+    let shown = path.display().to_string();
+    let file = File::open(path).map_err(|source| SegmentError::Io {
+        path: shown.clone(),
+        source,
+    })?;
+    let parquet = |source| SegmentError::Parquet {
+        path: shown.clone(),
+        source,
+    };
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(parquet)?
+        .with_batch_size(64 * 1024)
+        .build()
+        .map_err(parquet)?;
+    reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| SegmentError::Arrow {
+            path: shown,
+            source,
+        })
+}

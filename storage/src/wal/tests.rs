@@ -1,0 +1,198 @@
+use super::*;
+use crate::catalog::Catalog;
+use crate::lineproto::parse_lines;
+use crate::precision::Precision;
+use crate::validate::validate;
+use std::sync::RwLock;
+
+fn entry(body: &str) -> WalEntry {
+    let catalog = RwLock::new(Catalog::default());
+    let w = validate(
+        &catalog,
+        "db",
+        parse_lines(body.as_bytes()),
+        Precision::Second,
+        0,
+    )
+    .unwrap();
+    WalEntry::Write {
+        db: w.db,
+        tables: w.tables,
+    }
+}
+
+fn rows(entry: &WalEntry) -> usize {
+    let WalEntry::Write { tables, .. } = entry;
+    tables.iter().map(|t| t.batch.num_rows()).sum()
+}
+
+fn collect(dir: &Path) -> (ReplayStats, Vec<(u64, usize)>) {
+    let mut seen = Vec::new();
+    let stats = replay(dir, |seq, e| seen.push((seq, rows(&e)))).unwrap();
+    (stats, seen)
+}
+
+fn open(dir: &Path, next_seq: u64, config: WalConfig) -> (Wal, Arc<Mutex<Vec<u64>>>) {
+    let applied = Arc::new(Mutex::new(Vec::new()));
+    let sink_applied = applied.clone();
+    let wal = Wal::open(
+        dir,
+        next_seq,
+        config,
+        Box::new(move |seq, _| sink_applied.lock().unwrap().push(seq)),
+    )
+    .unwrap();
+    (wal, applied)
+}
+
+#[test]
+fn appends_are_durable_ordered_and_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, applied) = open(dir.path(), 1, WalConfig::default());
+    let seqs: Vec<u64> = (0..5)
+        .map(|i| wal.append(entry(&format!("m v={i} {i}"))).wait().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    assert_eq!(*applied.lock().unwrap(), [1, 2, 3, 4, 5]);
+    wal.close();
+    let (stats, seen) = collect(dir.path());
+    assert_eq!(stats.last_seq, 5);
+    assert_eq!(seen, [(1, 1), (2, 1), (3, 1), (4, 1), (5, 1)]);
+}
+
+#[test]
+fn concurrent_writers_share_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, applied) = open(dir.path(), 1, WalConfig::default());
+    let wal = Arc::new(wal);
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let wal = wal.clone();
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    wal.append(entry(&format!("m,t={t} v={i} {i}")))
+                        .wait()
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let stats = wal.stats();
+    assert_eq!(stats.records, 400);
+    assert!(
+        stats.fsyncs < 400,
+        "no group commit: {} fsyncs for 400 records",
+        stats.fsyncs
+    );
+    let applied = applied.lock().unwrap().clone();
+    assert_eq!(
+        applied,
+        (1..=400).collect::<Vec<u64>>(),
+        "applied in sequence order"
+    );
+}
+
+#[test]
+fn rotates_and_removes_persisted_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = WalConfig {
+        max_file_bytes: 1,
+        ..WalConfig::default()
+    };
+    let (wal, _) = open(dir.path(), 1, config);
+    for i in 0..4 {
+        wal.append(entry(&format!("m v={i} {i}"))).wait().unwrap();
+    }
+    wal.close();
+    // Every append rotates: files start at 1, 2, 3, 4 and the active one at 5.
+    assert_eq!(wal.file_count(), 5);
+    assert_eq!(wal.remove_persisted(3).unwrap(), 2);
+    assert_eq!(wal.file_count(), 3);
+    let (_, seen) = collect(dir.path());
+    assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), [3, 4]);
+}
+
+fn only_file(dir: &Path) -> PathBuf {
+    let files = list_files(dir).unwrap();
+    assert_eq!(files.len(), 1);
+    files[0].1.clone()
+}
+
+#[test]
+fn a_torn_tail_is_cut_off_at_every_possible_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path(), 1, WalConfig::default());
+    wal.append(entry("m v=1 1")).wait().unwrap();
+    wal.append(entry("m v=2 2\nm v=3 3")).wait().unwrap();
+    wal.close();
+    let path = only_file(dir.path());
+    let whole = fs::read(&path).unwrap();
+    let first_end = {
+        let format::Frame::Record { len, .. } = format::decode_frame(&whole[format::HEADER_LEN..])
+        else {
+            panic!()
+        };
+        format::HEADER_LEN + len
+    };
+    for cut in first_end + 1..whole.len() {
+        fs::write(&path, &whole[..cut]).unwrap();
+        let (stats, seen) = collect(dir.path());
+        assert_eq!(seen, [(1, 1)], "cut at {cut}");
+        assert_eq!(stats.truncated, [(path.clone(), first_end as u64)]);
+        assert_eq!(fs::metadata(&path).unwrap().len(), first_end as u64);
+    }
+}
+
+#[test]
+fn a_corrupt_record_in_an_older_file_sets_the_file_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = WalConfig {
+        max_file_bytes: 1,
+        ..WalConfig::default()
+    };
+    let (wal, _) = open(dir.path(), 1, config);
+    for i in 0..3 {
+        wal.append(entry(&format!("m v={i} {i}"))).wait().unwrap();
+    }
+    wal.close();
+    let files = list_files(dir.path()).unwrap();
+    let victim = &files[1].1;
+    let mut bytes = fs::read(victim).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    fs::write(victim, &bytes).unwrap();
+
+    let (stats, seen) = collect(dir.path());
+    assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), [1, 3]);
+    assert_eq!(stats.quarantined.len(), 1);
+    assert!(
+        stats.quarantined[0]
+            .to_string_lossy()
+            .ends_with(".wal.corrupt")
+    );
+    assert!(!victim.exists());
+}
+
+#[test]
+fn an_empty_file_from_an_interrupted_start_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(paths::wal_dir(dir.path())).unwrap();
+    let path = paths::wal_file(dir.path(), 1);
+    fs::write(&path, b"GANN").unwrap();
+    let (stats, seen) = collect(dir.path());
+    assert!(seen.is_empty());
+    assert_eq!(stats.records, 0);
+    assert!(!path.exists());
+}
+
+#[test]
+fn appending_after_close_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path(), 1, WalConfig::default());
+    wal.close();
+    let err = wal.append(entry("m v=1 1")).wait().unwrap_err();
+    assert!(matches!(*err, WalError::Closed));
+}

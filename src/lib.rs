@@ -37,9 +37,22 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// An open Gannet database: one data directory, owned by this process while open.
+/// Clones share the database; when the last one is dropped without [`Gannet::close`], the
+/// background work stops and the directory is released (acknowledged writes are in the WAL).
 #[derive(Debug, Clone)]
 pub struct Gannet {
+    handle: Arc<Handle>,
+}
+
+#[derive(Debug)]
+struct Handle {
     engine: Arc<Engine>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.engine.stop_background();
+    }
 }
 
 impl Gannet {
@@ -49,8 +62,9 @@ impl Gannet {
     }
 
     pub fn open_with(config: EngineConfig) -> Result<Gannet> {
+        let engine = Engine::open(config)?;
         Ok(Gannet {
-            engine: Engine::open(config)?,
+            handle: Arc::new(Handle { engine }),
         })
     }
 
@@ -62,17 +76,17 @@ impl Gannet {
         body: impl AsRef<[u8]>,
         precision: Precision,
     ) -> Result<WriteOutcome> {
-        Ok(self.engine.write_lp(db, body.as_ref(), precision)?)
+        Ok(self.handle.engine.write_lp(db, body.as_ref(), precision)?)
     }
 
     /// One consistent view of a table (its segments and buffered batches).
     pub fn snapshot(&self, db: &str, table: &str) -> Option<TableSnapshot> {
-        self.engine.snapshot(db, table)
+        self.handle.engine.snapshot(db, table)
     }
 
     /// Reads a whole table, one row per point, sorted by tags and time.
     pub fn read_table(&self, db: &str, table: &str) -> Result<Option<RecordBatch>> {
-        match self.engine.snapshot(db, table) {
+        match self.handle.engine.snapshot(db, table) {
             Some(snapshot) => Ok(Some(snapshot.read_all()?)),
             None => Ok(None),
         }
@@ -80,16 +94,16 @@ impl Gannet {
 
     /// Persists everything buffered to Parquet segments.
     pub fn flush(&self) -> Result<()> {
-        Ok(self.engine.flush()?)
+        Ok(self.handle.engine.flush()?)
     }
 
     /// Flushes and releases the data directory.
     pub fn close(self) -> Result<()> {
-        Ok(self.engine.close()?)
+        Ok(self.handle.engine.close()?)
     }
 
     /// The storage engine, for the query layer and servers.
     pub fn engine(&self) -> &Arc<Engine> {
-        &self.engine
+        &self.handle.engine
     }
 }

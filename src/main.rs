@@ -1,6 +1,32 @@
-//! The `gannet` command.
+//! The `gannet` command: parse flags, build the configuration, run.
 
-fn main() {
-    eprintln!("gannet: the server and command line arrive with the next milestones; see README.md");
-    std::process::exit(2);
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+mod cli;
+
+/// Gannet: an embedded time-series analytics database.
+#[derive(Debug, Parser)]
+#[command(name = "gannet", version, about, long_about = None)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Bulk-load line-protocol files (plain or .gz) into a database.
+    Import(cli::import::ImportArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("GANNET_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Args::parse().command {
+        Command::Import(args) => cli::import::run(args),
+    }
 }

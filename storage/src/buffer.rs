@@ -195,6 +195,27 @@ impl Buffer {
         }
     }
 
+    /// Drops the windows of database `db` that end at or before `cutoff`.
+    pub fn drop_windows_before(&mut self, db: &str, cutoff: i64) {
+        let window = self.window_nanos;
+        let mut freed = (0, 0);
+        self.tables.retain(|(d, _), chunks| {
+            if d == db {
+                chunks.retain(|&start, chunk| {
+                    let expired = start.saturating_add(window) <= cutoff;
+                    if expired {
+                        freed.0 += chunk.rows;
+                        freed.1 += chunk.bytes;
+                    }
+                    !expired
+                });
+            }
+            !chunks.is_empty()
+        });
+        self.rows -= freed.0;
+        self.bytes -= freed.1;
+    }
+
     /// Drops everything buffered for a table.
     pub fn drop_table(&mut self, db: &str, table: &str) {
         if let Some(chunks) = self.tables.remove(&(db.to_owned(), table.to_owned())) {

@@ -20,6 +20,11 @@ pub struct EngineConfig {
     pub memory_limit: usize,
     /// How often the background flusher looks at the buffer.
     pub flush_interval: Duration,
+    /// A window is compacted once it has this many segments, even while still written to
+    /// (a window that is no longer written to is compacted from two segments on).
+    pub compact_segments: usize,
+    /// Windows whose segments add up to more than this many bytes are not compacted.
+    pub compact_max_bytes: u64,
     /// Run the background flusher. Tests turn it off to flush by hand.
     pub background_flush: bool,
     pub wal: WalConfig,
@@ -34,6 +39,8 @@ impl EngineConfig {
             flush_age: Duration::from_secs(5 * 60),
             memory_limit: default_memory_limit(),
             flush_interval: Duration::from_millis(500),
+            compact_segments: 4,
+            compact_max_bytes: 512 << 20,
             background_flush: true,
             wal: WalConfig::default(),
         }

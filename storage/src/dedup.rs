@@ -149,7 +149,9 @@ mod tests {
     }
 
     fn show(batch: &RecordBatch) -> String {
-        pretty_format_batches(std::slice::from_ref(batch)).unwrap().to_string()
+        pretty_format_batches(std::slice::from_ref(batch))
+            .unwrap()
+            .to_string()
     }
 
     #[test]

@@ -25,6 +25,7 @@ use crate::dedup::dedup_sort;
 use crate::error::{Error, Result};
 use crate::lineproto::{LineError, parse_lines};
 use crate::precision::Precision;
+use crate::retire::{Pins, SegmentPin};
 use crate::validate::{TableBatch, validate};
 use crate::wal::{self, Wal, WalEntry};
 use crate::{paths, segment};
@@ -55,6 +56,8 @@ pub struct TableSnapshot {
     /// Buffered batches, oldest first; every one is newer than every segment.
     pub buffer: Vec<RecordBatch>,
     pub data_dir: PathBuf,
+    /// Keeps the segment files on disk while the snapshot lives.
+    _pins: Vec<Arc<SegmentPin>>,
 }
 
 impl TableSnapshot {
@@ -84,18 +87,22 @@ pub struct BufferStats {
 }
 
 pub struct Engine {
-    config: EngineConfig,
-    catalog: Arc<RwLock<Catalog>>,
-    buffer: Arc<RwLock<Buffer>>,
+    pub(crate) config: EngineConfig,
+    pub(crate) catalog: Arc<RwLock<Catalog>>,
+    pub(crate) buffer: Arc<RwLock<Buffer>>,
     wal: Wal,
     /// One persist (or compaction) at a time.
-    persist_lock: Mutex<()>,
+    pub(crate) persist_lock: Mutex<()>,
+    /// Segment files in use by snapshots.
+    pub(crate) pins: Pins,
     /// Serialises catalog file writes so that a newer version is never overwritten.
     catalog_file_lock: Mutex<()>,
     /// Signalled whenever the buffer shrinks; writers over the memory limit wait on it.
     space: Arc<(Mutex<()>, Condvar)>,
     flusher: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
     closed: AtomicBool,
+    /// The last catalog write failed: the file on disk lags the segments written.
+    catalog_stale: AtomicBool,
     _lock: File,
 }
 
@@ -158,6 +165,13 @@ impl Engine {
                 buffer.remove_persisted(&key, persisted);
             }
         }
+        // Windows past their retention period stay dropped.
+        let now = now_nanos();
+        for db in catalog.databases.values() {
+            if let Some(retention) = db.retention_ns {
+                buffer.drop_windows_before(&db.name, now.saturating_sub(retention));
+            }
+        }
         if stats.records > 0 {
             tracing::info!(
                 files = stats.files,
@@ -188,10 +202,12 @@ impl Engine {
             buffer,
             wal,
             persist_lock: Mutex::new(()),
+            pins: Pins::default(),
             catalog_file_lock: Mutex::new(()),
             space,
             flusher: Mutex::new(None),
             closed: AtomicBool::new(false),
+            catalog_stale: AtomicBool::new(false),
             _lock: lock,
         });
         engine.persist_catalog()?;
@@ -310,6 +326,10 @@ impl Engine {
         let buffer = self.buffer.read().expect("buffer lock");
         let mut segments = def.segments.clone();
         segments.sort_by_key(|s| (s.max_seq, s.id));
+        let pins = segments
+            .iter()
+            .map(|s| self.pins.pin(self.config.data_dir.join(&s.path)))
+            .collect();
         Some(TableSnapshot {
             db: db.to_owned(),
             table: table.to_owned(),
@@ -317,6 +337,7 @@ impl Engine {
             segments,
             buffer: buffer.table_batches(db, table),
             data_dir: self.config.data_dir.clone(),
+            _pins: pins,
         })
     }
 
@@ -351,6 +372,55 @@ impl Engine {
             self.persist_chunk(&key)?;
         }
         self.remove_persisted_wal()
+    }
+
+    /// Sets (or clears) a database's retention period: data older than it is dropped by the
+    /// flusher, and writes older than it are rejected. Creates the database if needed.
+    pub fn set_retention(&self, db: &str, retention: Option<Duration>) -> Result<()> {
+        {
+            let mut catalog = self.catalog.write().expect("catalog lock");
+            catalog.create_database(db)?;
+            let def = catalog.databases.get_mut(db).expect("created above");
+            def.retention_ns = retention.map(|r| i64::try_from(r.as_nanos()).unwrap_or(i64::MAX));
+        }
+        self.persist_catalog()
+    }
+
+    /// Drops the segments and buffered windows that are entirely older than their
+    /// database's retention period. Returns how many segments it dropped.
+    pub fn enforce_retention(&self) -> Result<usize> {
+        let _guard = self.persist_lock.lock().expect("persist lock");
+        let now = now_nanos();
+        let mut dropped = Vec::new();
+        {
+            let mut catalog = self.catalog.write().expect("catalog lock");
+            let mut buffer = self.buffer.write().expect("buffer lock");
+            for db in catalog.databases.values_mut() {
+                let Some(retention) = db.retention_ns else {
+                    continue;
+                };
+                let cutoff = now.saturating_sub(retention);
+                for table in db.tables.values_mut() {
+                    let (expired, kept): (Vec<_>, Vec<_>) =
+                        table.segments.drain(..).partition(|s| s.max_time < cutoff);
+                    table.segments = kept;
+                    dropped.extend(expired.into_iter().map(|s| s.path));
+                }
+                buffer.drop_windows_before(&db.name, cutoff);
+            }
+        }
+        if dropped.is_empty() {
+            return Ok(0);
+        }
+        self.persist_catalog()?;
+        for path in &dropped {
+            self.pins.retire(&self.config.data_dir.join(path));
+        }
+        tracing::info!(
+            segments = dropped.len(),
+            "dropped segments past their retention period"
+        );
+        Ok(dropped.len())
     }
 
     /// Persists the windows that are big enough or old enough, and the largest ones while
@@ -453,18 +523,24 @@ impl Engine {
         Ok(())
     }
 
-    fn persist_catalog(&self) -> Result<()> {
+    pub(crate) fn persist_catalog(&self) -> Result<()> {
         let _guard = self.catalog_file_lock.lock().expect("catalog file lock");
         let snapshot = {
             let mut catalog = self.catalog.write().expect("catalog lock");
             catalog.version += 1;
             catalog.clone()
         };
-        snapshot.persist(&self.config.data_dir)?;
-        Ok(())
+        let result = snapshot.persist(&self.config.data_dir);
+        // Until a catalog write succeeds, segments it would list are unknown on disk: the
+        // WAL must keep their rows.
+        self.catalog_stale.store(result.is_err(), Ordering::Release);
+        Ok(result?)
     }
 
     fn remove_persisted_wal(&self) -> Result<()> {
+        if self.catalog_stale.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let below = self
             .buffer
             .read()
@@ -496,10 +572,29 @@ impl Engine {
                     if let Err(e) = engine.flush_due() {
                         tracing::error!(error = %e, "background flush failed; will retry");
                     }
+                    if let Err(e) = engine.enforce_retention() {
+                        tracing::error!(error = %e, "enforcing retention failed; will retry");
+                    }
+                    if let Err(e) = engine.compact() {
+                        tracing::error!(error = %e, "background compaction failed; will retry");
+                    }
                 }
             })
             .expect("spawning the flusher thread");
         *self.flusher.lock().expect("flusher lock") = Some((tx, handle));
+    }
+
+    /// Stops the background flusher and waits for it, without flushing. The data stays safe
+    /// in the WAL; a handle that is dropped without [`Engine::close`] calls this so that the
+    /// directory is released promptly.
+    pub fn stop_background(&self) {
+        let flusher = self.flusher.lock().expect("flusher lock").take();
+        if let Some((tx, handle)) = flusher {
+            drop(tx);
+            if handle.thread().id() != std::thread::current().id() {
+                let _ = handle.join();
+            }
+        }
     }
 
     /// Stops the flusher and the WAL, persists everything buffered, and writes the catalog.
@@ -508,10 +603,7 @@ impl Engine {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        if let Some((tx, handle)) = self.flusher.lock().expect("flusher lock").take() {
-            drop(tx);
-            let _ = handle.join();
-        }
+        self.stop_background();
         self.wal.close();
         self.flush()?;
         self.persist_catalog()

@@ -20,6 +20,7 @@
 
 pub mod buffer;
 pub mod catalog;
+mod compact;
 pub mod config;
 pub mod dedup;
 pub mod engine;
@@ -27,6 +28,7 @@ mod error;
 pub mod lineproto;
 pub mod paths;
 pub mod precision;
+mod retire;
 pub mod segment;
 pub mod validate;
 pub mod wal;

@@ -99,6 +99,10 @@ pub fn validate<'a>(
     }
 
     let cat = catalog.read().expect("catalog lock");
+    let cutoff = cat
+        .database(db)
+        .and_then(|d| d.retention_ns)
+        .map(|r| now_ns.saturating_sub(r));
     let mut tables = Vec::with_capacity(by_table.len());
     let mut rows = 0;
     for (name, lines) in by_table {
@@ -108,7 +112,17 @@ pub fn validate<'a>(
         let mut builder = BatchBuilder::new(table, lines.len());
         for line in &lines {
             match check_line(table, line, precision) {
-                Ok(ts) => builder.append(line, ts.unwrap_or(now_ns)),
+                Ok(ts) => {
+                    let ts = ts.unwrap_or(now_ns);
+                    if cutoff.is_some_and(|c| ts < c) {
+                        let message = format!(
+                            "timestamp {ts} is older than the retention period of database '{db}'"
+                        );
+                        errors.push(line_error(line, message));
+                        continue;
+                    }
+                    builder.append(line, ts)
+                }
                 Err(message) => errors.push(line_error(line, message)),
             }
         }

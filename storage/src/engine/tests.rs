@@ -209,3 +209,69 @@ fn orphan_segments_are_removed_on_open() {
     drop(open(dir.path()));
     assert!(!orphan.exists());
 }
+
+#[test]
+fn retention_drops_old_data_and_rejects_old_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path());
+    let now = now_nanos() / 1_000_000_000;
+    let old = now - 3 * 86_400;
+    let body = format!("cpu,host=a v=1 {old}\ncpu,host=a v=2 {now}\n");
+    engine
+        .write_lp("db", body.as_bytes(), Precision::Second)
+        .unwrap();
+    engine.flush().unwrap();
+    engine
+        .write_lp(
+            "db",
+            format!("cpu,host=b v=3 {old}").as_bytes(),
+            Precision::Second,
+        )
+        .unwrap();
+    let old_segment = engine
+        .snapshot("db", "cpu")
+        .unwrap()
+        .segments
+        .iter()
+        .find(|s| s.max_time < now_nanos() - 86_400_000_000_000)
+        .map(|s| dir.path().join(&s.path))
+        .unwrap();
+
+    engine
+        .set_retention("db", Some(Duration::from_secs(86_400)))
+        .unwrap();
+    assert_eq!(engine.enforce_retention().unwrap(), 1);
+    assert!(!old_segment.exists());
+    assert_eq!(
+        values(&engine, "cpu", "v"),
+        [Some(2.0)],
+        "old rows are gone from segments and buffer"
+    );
+
+    let out = engine
+        .write_lp(
+            "db",
+            format!("cpu v=4 {old}\ncpu v=5 {now}").as_bytes(),
+            Precision::Second,
+        )
+        .unwrap();
+    assert_eq!(out.rows, 1);
+    assert!(
+        out.errors[0]
+            .message
+            .contains("older than the retention period of database 'db'"),
+        "{:?}",
+        out.errors
+    );
+    drop(engine);
+    let engine = open(dir.path());
+    assert_eq!(
+        engine.catalog().database("db").unwrap().retention_ns,
+        Some(86_400_000_000_000)
+    );
+    assert_eq!(
+        values(&engine, "cpu", "v"),
+        [Some(5.0), Some(2.0)],
+        "replay does not bring expired rows back"
+    );
+}

@@ -25,7 +25,9 @@ fn builds_one_batch_per_table_with_the_columns_written() {
     assert_eq!(w.tables.len(), 2);
     let cpu = &w.tables[0].batch;
     assert_eq!(
-        pretty_format_batches(std::slice::from_ref(cpu)).unwrap().to_string(),
+        pretty_format_batches(std::slice::from_ref(cpu))
+            .unwrap()
+            .to_string(),
         "+----+------+---+-----+---------------------+\n\
          | dc | host | n | u   | time                |\n\
          +----+------+---+-----+---------------------+\n\

@@ -1,0 +1,3 @@
+//! Subcommands of the `gannet` binary.
+
+pub mod import;

@@ -1,0 +1,199 @@
+//! Compaction: a window's several segments (from early flushes, late data, or overwrites)
+//! become one sorted, deduplicated segment, so readers open fewer files and merge less.
+
+use std::collections::BTreeMap;
+
+use arrow::record_batch::RecordBatch;
+
+use crate::buffer::{ChunkKey, widen};
+use crate::catalog::SegmentMeta;
+use crate::dedup::dedup_sort;
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::{paths, segment};
+
+/// A window whose segments should be merged.
+#[derive(Debug)]
+struct Plan {
+    db: String,
+    table: String,
+    window_start: i64,
+    /// Oldest writes first.
+    segments: Vec<SegmentMeta>,
+}
+
+impl Engine {
+    /// Merges the segments of every window that has several: always from
+    /// `compact_segments` on, and from two on once the window has nothing left in the
+    /// buffer. Windows larger than `compact_max_bytes` are left alone. Returns how many
+    /// windows it compacted.
+    pub fn compact(&self) -> Result<usize> {
+        let _guard = self.persist_lock.lock().expect("persist lock");
+        let plans = self.plan_compactions();
+        let count = plans.len();
+        for plan in plans {
+            self.compact_window(plan)?;
+        }
+        Ok(count)
+    }
+
+    fn plan_compactions(&self) -> Vec<Plan> {
+        let catalog = self.catalog.read().expect("catalog lock");
+        let buffer = self.buffer.read().expect("buffer lock");
+        let mut plans = Vec::new();
+        for db in catalog.databases.values() {
+            for table in db.tables.values() {
+                let mut windows: BTreeMap<i64, Vec<SegmentMeta>> = BTreeMap::new();
+                for s in &table.segments {
+                    windows.entry(s.window_start).or_default().push(s.clone());
+                }
+                for (window_start, mut segments) in windows {
+                    let bytes: u64 = segments.iter().map(|s| s.bytes).sum();
+                    if segments.len() < 2 || bytes > self.config.compact_max_bytes {
+                        continue;
+                    }
+                    let key = ChunkKey {
+                        db: db.name.clone(),
+                        table: table.name.clone(),
+                        window_start,
+                    };
+                    let quiet = buffer.chunk(&key).is_none();
+                    if quiet || segments.len() >= self.config.compact_segments {
+                        segments.sort_by_key(|s| (s.max_seq, s.id));
+                        plans.push(Plan {
+                            db: db.name.clone(),
+                            table: table.name.clone(),
+                            window_start,
+                            segments,
+                        });
+                    }
+                }
+            }
+        }
+        plans
+    }
+
+    fn compact_window(&self, plan: Plan) -> Result<()> {
+        let (schema, rel_path, id) = {
+            let mut catalog = self.catalog.write().expect("catalog lock");
+            let id = catalog.next_segment_id();
+            let Some(db) = catalog.database(&plan.db) else {
+                return Ok(());
+            };
+            let Some(table) = db.tables.get(&plan.table) else {
+                return Ok(());
+            };
+            let path = paths::segment_path(
+                &db.name,
+                db.id,
+                &table.name,
+                table.id,
+                plan.window_start,
+                id.0,
+            );
+            (table.schema(), path, id)
+        };
+        let mut batches: Vec<RecordBatch> = Vec::new();
+        for s in &plan.segments {
+            for batch in segment::read(&self.config.data_dir.join(&s.path))? {
+                batches.push(widen(&batch, &schema));
+            }
+        }
+        let merged = dedup_sort(&schema, &batches)?;
+        let info = segment::write(&self.config.data_dir.join(&rel_path), &merged)?;
+        let max_seq = plan.segments.iter().map(|s| s.max_seq).max().unwrap_or(0);
+        {
+            let mut catalog = self.catalog.write().expect("catalog lock");
+            let Some(table) = catalog.table_mut(&plan.db, &plan.table) else {
+                return Ok(());
+            };
+            let old: Vec<_> = plan.segments.iter().map(|s| s.id).collect();
+            table.segments.retain(|s| !old.contains(&s.id));
+            table.segments.push(SegmentMeta {
+                id,
+                window_start: plan.window_start,
+                min_time: info.min_time,
+                max_time: info.max_time,
+                rows: info.rows,
+                bytes: info.bytes,
+                path: rel_path,
+                max_seq,
+            });
+        }
+        self.persist_catalog()?;
+        for s in &plan.segments {
+            self.pins.retire(&self.config.data_dir.join(&s.path));
+        }
+        tracing::debug!(
+            db = %plan.db, table = %plan.table, merged = plan.segments.len(),
+            rows = info.rows, bytes = info.bytes, "compacted a window"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Engine, EngineConfig, Precision};
+
+    #[test]
+    fn merges_a_windows_segments_and_keeps_the_newest_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(EngineConfig::test_config(dir.path())).unwrap();
+        for v in 1..=3 {
+            let body = format!("cpu,host=a v={v} 10\ncpu,host=b w={v} 20\n");
+            engine
+                .write_lp("db", body.as_bytes(), Precision::Second)
+                .unwrap();
+            engine.flush().unwrap();
+        }
+        let before = engine.snapshot("db", "cpu").unwrap();
+        assert_eq!(before.segments.len(), 3);
+        let expected = before.read_all().unwrap();
+
+        assert_eq!(engine.compact().unwrap(), 1);
+        let after = engine.snapshot("db", "cpu").unwrap();
+        assert_eq!(after.segments.len(), 1);
+        assert_eq!(after.segments[0].rows, 2);
+        assert_eq!(after.read_all().unwrap(), expected);
+
+        // The old snapshot still reads: its files are pinned until it is dropped.
+        assert_eq!(before.read_all().unwrap(), expected);
+        let old_paths: Vec<_> = before
+            .segments
+            .iter()
+            .map(|s| before.segment_path(s))
+            .collect();
+        assert!(old_paths.iter().all(|p| p.exists()));
+        drop(before);
+        assert!(old_paths.iter().all(|p| !p.exists()));
+        assert_eq!(engine.compact().unwrap(), 0, "nothing left to compact");
+    }
+
+    #[test]
+    fn a_window_still_being_written_waits_for_enough_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(EngineConfig::test_config(dir.path())).unwrap();
+        for v in 1..=2 {
+            engine
+                .write_lp("db", format!("cpu v={v} {v}").as_bytes(), Precision::Second)
+                .unwrap();
+            engine.flush().unwrap();
+        }
+        engine
+            .write_lp("db", b"cpu v=9 9", Precision::Second)
+            .unwrap();
+        assert_eq!(engine.compact().unwrap(), 0);
+        engine.flush().unwrap();
+        assert_eq!(engine.compact().unwrap(), 1);
+        assert_eq!(
+            engine
+                .snapshot("db", "cpu")
+                .unwrap()
+                .read_all()
+                .unwrap()
+                .num_rows(),
+            3
+        );
+    }
+}

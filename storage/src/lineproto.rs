@@ -82,6 +82,7 @@ pub fn parse_lines(body: &[u8]) -> Lines<'_> {
         body,
         pos: 0,
         line_number: 0,
+        hint: (0, 0),
     }
 }
 
@@ -91,6 +92,8 @@ pub struct Lines<'a> {
     body: &'a [u8],
     pos: usize,
     line_number: usize,
+    /// Tags and fields of the previous line: the next one likely has as many.
+    hint: (usize, usize),
 }
 
 impl<'a> Iterator for Lines<'a> {
@@ -126,7 +129,11 @@ impl<'a> Iterator for Lines<'a> {
                     }));
                 }
             };
-            return Some(parse_line(text, line_number));
+            let parsed = parse_with_hint(text, line_number, self.hint);
+            if let Ok(line) = &parsed {
+                self.hint = (line.tags.len(), line.fields.len());
+            }
+            return Some(parsed);
         }
     }
 }
@@ -134,12 +141,21 @@ impl<'a> Iterator for Lines<'a> {
 /// Parses one line (without its terminator). Blank and comment lines are errors here:
 /// [`parse_lines`] skips them before calling this.
 pub fn parse_line(line: &str, line_number: usize) -> Result<ParsedLine<'_>, LineError> {
+    parse_with_hint(line, line_number, (0, 0))
+}
+
+/// [`parse_line`], with room reserved for as many tags and fields as `hint` says.
+fn parse_with_hint(
+    line: &str,
+    line_number: usize,
+    hint: (usize, usize),
+) -> Result<ParsedLine<'_>, LineError> {
     Parser {
         line,
         bytes: line.as_bytes(),
         pos: 0,
     }
-    .parse(line_number)
+    .parse(line_number, hint)
     .map_err(|(column, message)| LineError {
         line_number,
         original_line: line.to_owned(),
@@ -161,7 +177,7 @@ struct Parser<'a> {
 }
 
 impl<'a> Parser<'a> {
-    fn parse(mut self, line_number: usize) -> ParseResult<ParsedLine<'a>> {
+    fn parse(mut self, line_number: usize, hint: (usize, usize)) -> ParseResult<ParsedLine<'a>> {
         // Leading whitespace is tolerated, as InfluxDB does.
         while matches!(self.peek(), Some(b' ' | b'\t')) {
             self.pos += 1;
@@ -170,7 +186,7 @@ impl<'a> Parser<'a> {
         if measurement.is_empty() {
             return self.fail("missing measurement");
         }
-        let mut tags: Vec<(Cow<'a, str>, Cow<'a, str>)> = Vec::new();
+        let mut tags: Vec<(Cow<'a, str>, Cow<'a, str>)> = Vec::with_capacity(hint.0);
         while self.peek() == Some(b',') {
             self.pos += 1;
             let key = self.element(|b| matches!(b, b'=' | b',' | b' '), KEY_ESCAPES);
@@ -197,7 +213,7 @@ impl<'a> Parser<'a> {
             };
         }
         self.skip_spaces();
-        let mut fields: Vec<(Cow<'a, str>, FieldValue<'a>)> = Vec::new();
+        let mut fields: Vec<(Cow<'a, str>, FieldValue<'a>)> = Vec::with_capacity(hint.1.max(1));
         loop {
             let key = self.element(|b| matches!(b, b'=' | b',' | b' '), KEY_ESCAPES);
             if key.is_empty() {

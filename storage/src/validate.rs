@@ -76,7 +76,10 @@ pub fn validate<'a>(
             .iter()
             .any(|(name, lines)| match cat.table(db, name) {
                 None => true,
-                Some(table) => lines.iter().any(|l| has_new_columns(table, l)),
+                Some(table) => {
+                    let mut columns = Resolver::new(table);
+                    lines.iter().any(|l| has_new_columns(&mut columns, l))
+                }
             })
     };
     if needs_write {
@@ -91,7 +94,7 @@ pub fn validate<'a>(
                 }
             };
             for line in lines {
-                if check_line(table, line, precision).is_ok() {
+                if check_line(&mut Resolver::new(table), line, precision).is_ok() {
                     add_new_columns(table, line);
                 }
             }
@@ -110,8 +113,9 @@ pub fn validate<'a>(
             continue;
         };
         let mut builder = BatchBuilder::new(table, lines.len());
+        let mut columns = Resolver::new(table);
         for line in &lines {
-            match check_line(table, line, precision) {
+            match check_line(&mut columns, line, precision) {
                 Ok(ts) => {
                     let ts = ts.unwrap_or(now_ns);
                     if cutoff.is_some_and(|c| ts < c) {
@@ -151,14 +155,51 @@ fn line_error(line: &ParsedLine<'_>, message: String) -> LineError {
     }
 }
 
-fn has_new_columns(table: &TableDef, line: &ParsedLine<'_>) -> bool {
-    line.tags
-        .iter()
-        .any(|(k, _)| table.column_type(k).is_none())
-        || line
-            .fields
-            .iter()
-            .any(|(k, _)| table.column_type(k).is_none())
+/// Looks up a table's columns by name, remembering the column found at each key position
+/// of the previous line: lines of one table usually repeat their keys in the same order, so
+/// most look-ups are one comparison.
+struct Resolver<'t> {
+    table: &'t TableDef,
+    tags: Vec<usize>,
+    fields: Vec<usize>,
+}
+
+impl<'t> Resolver<'t> {
+    fn new(table: &'t TableDef) -> Self {
+        Resolver {
+            table,
+            tags: Vec::new(),
+            fields: Vec::new(),
+        }
+    }
+
+    fn column_type(&mut self, key: &str, is_tag: bool, position: usize) -> Option<ColumnType> {
+        let cache = if is_tag {
+            &mut self.tags
+        } else {
+            &mut self.fields
+        };
+        if let Some(&i) = cache.get(position)
+            && let Some(column) = self.table.columns.get(i)
+            && column.name == key
+        {
+            return Some(column.column_type);
+        }
+        let i = self.table.columns.iter().position(|c| c.name == key)?;
+        if cache.len() <= position {
+            cache.resize(position + 1, usize::MAX);
+        }
+        cache[position] = i;
+        Some(self.table.columns[i].column_type)
+    }
+}
+
+fn has_new_columns(columns: &mut Resolver<'_>, line: &ParsedLine<'_>) -> bool {
+    let tags = line.tags.iter().enumerate();
+    let fields = line.fields.iter().enumerate();
+    tags.map(|(i, (k, _))| (i, k, true))
+        .chain(fields.map(|(i, (k, _))| (i, k, false)))
+        .any(|(i, k, is_tag)| columns.column_type(k, is_tag, i).is_none())
 }
 
 fn add_new_columns(table: &mut TableDef, line: &ParsedLine<'_>) {
@@ -177,17 +218,18 @@ fn add_new_columns(table: &mut TableDef, line: &ParsedLine<'_>) {
 /// Checks a line against its table; returns its timestamp in nanoseconds.
 /// Columns the table does not have yet are accepted (the caller adds them).
 fn check_line(
-    table: &TableDef,
+    columns: &mut Resolver<'_>,
     line: &ParsedLine<'_>,
     precision: Precision,
 ) -> Result<Option<i64>, String> {
-    for (key, _) in &line.tags {
+    let table = columns.table;
+    for (position, (key, _)) in line.tags.iter().enumerate() {
         if key == TIME_COLUMN {
             return Err(format!(
                 "tag key '{TIME_COLUMN}' is reserved for the timestamp"
             ));
         }
-        match table.column_type(key) {
+        match columns.column_type(key, true, position) {
             None | Some(ColumnType::Tag) => {}
             Some(existing) => {
                 return Err(format!(
@@ -197,14 +239,14 @@ fn check_line(
             }
         }
     }
-    for (key, value) in &line.fields {
+    for (position, (key, value)) in line.fields.iter().enumerate() {
         if key == TIME_COLUMN {
             return Err(format!(
                 "field key '{TIME_COLUMN}' is reserved for the timestamp"
             ));
         }
         let new = ColumnType::of_field(value);
-        match table.column_type(key) {
+        match columns.column_type(key, false, position) {
             None => {}
             Some(existing) if existing == new => {}
             Some(ColumnType::Tag) => {

@@ -46,8 +46,15 @@ fn main() {
         bytes as f64 / 1e6
     );
     println!(
-        "{:>8} {:>12} {:>9} {:>8} {:>14} {:>10}",
-        "writers", "rows/s", "MB/s", "fsyncs", "mean fsync ms", "peak RSS"
+        "{:>8} {:>12} {:>9} {:>8} {:>14} {:>10} {:>10} {:>12}",
+        "writers",
+        "rows/s",
+        "MB/s",
+        "fsyncs",
+        "mean fsync ms",
+        "ack p50 ms",
+        "ack p99 ms",
+        "peak RSS"
     );
     for writers in [1, 4, 8, 16] {
         let dir = tempfile::tempdir().unwrap();
@@ -55,29 +62,40 @@ fn main() {
         config.flush_age = Duration::from_secs(3600);
         let engine = Engine::open(config).unwrap();
         let next = std::sync::atomic::AtomicUsize::new(0);
+        let latencies = std::sync::Mutex::new(Vec::new());
         let started = Instant::now();
         std::thread::scope(|s| {
             for _ in 0..writers {
                 s.spawn(|| {
+                    let mut mine = Vec::new();
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(batch) = batches.get(i) else { return };
+                        let Some(batch) = batches.get(i) else { break };
+                        let sent = Instant::now();
                         let out = engine
                             .write_lp("bench", batch.as_bytes(), Precision::Nanosecond)
                             .unwrap();
+                        mine.push(sent.elapsed());
                         assert_eq!(out.rows, BATCH_LINES);
                     }
+                    latencies.lock().unwrap().extend(mine);
                 });
             }
         });
         let secs = started.elapsed().as_secs_f64();
+        let mut latencies = latencies.into_inner().unwrap();
+        latencies.sort();
+        let pct =
+            |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
         let wal = engine.wal_stats();
         println!(
-            "{writers:>8} {:>12.0} {:>9.1} {:>8} {:>14.2} {:>7.0} MiB",
+            "{writers:>8} {:>12.0} {:>9.1} {:>8} {:>14.2} {:>10.1} {:>10.1} {:>8.0} MiB",
             rows as f64 / secs,
             bytes as f64 / secs / 1e6,
             wal.fsyncs,
             wal.fsync_nanos_total as f64 / wal.fsyncs.max(1) as f64 / 1e6,
+            pct(0.5),
+            pct(0.99),
             peak_rss_mib()
         );
         if writers == 16 {

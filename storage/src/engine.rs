@@ -136,6 +136,7 @@ impl Engine {
         let lock = lock_data_dir(&dir)?;
         let mut catalog = Catalog::load(&dir)?;
         remove_orphans(&dir, &catalog);
+        let quarantined = quarantine_damaged_segments(&dir, &mut catalog);
 
         let window = i64::try_from(config.window.as_nanos())
             .unwrap_or(i64::MAX)
@@ -212,6 +213,12 @@ impl Engine {
         });
         engine.persist_catalog()?;
         engine.remove_persisted_wal()?;
+        if quarantined > 0 {
+            tracing::error!(
+                segments = quarantined,
+                "opened without damaged segments; their rows are not readable"
+            );
+        }
         if engine.config.background_flush {
             engine.start_flusher();
         }
@@ -658,6 +665,30 @@ fn merge_schema(catalog: &mut Catalog, db: &str, batch: &TableBatch) {
         };
         table.add_column(field.name(), column_type);
     }
+}
+
+/// Sets aside segments that are missing or whose Parquet footer does not read, so that the
+/// rest of the data stays readable. Each is logged with its path; a damaged file is renamed
+/// `*.corrupt` for inspection. Returns how many segments were set aside.
+fn quarantine_damaged_segments(dir: &Path, catalog: &mut Catalog) -> usize {
+    let mut count = 0;
+    for db in catalog.databases.values_mut() {
+        for table in db.tables.values_mut() {
+            table.segments.retain(|s| {
+                let path = dir.join(&s.path);
+                let Err(error) = segment::check(&path) else { return true };
+                count += 1;
+                let target = path.with_extension("parquet.corrupt");
+                if path.exists() && std::fs::rename(&path, &target).is_ok() {
+                    tracing::error!(%error, moved_to = %target.display(), rows = s.rows, "segment is damaged; set aside");
+                } else {
+                    tracing::error!(%error, rows = s.rows, "segment is missing; dropped from the catalog");
+                }
+                false
+            });
+        }
+    }
+    count
 }
 
 /// Takes the data directory's OS lock, recording this process's id in it.

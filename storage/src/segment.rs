@@ -108,6 +108,21 @@ pub fn write(path: &Path, batch: &RecordBatch) -> Result<SegmentInfo, SegmentErr
     })
 }
 
+/// Checks that a segment file is there and its Parquet footer is readable.
+pub fn check(path: &Path) -> Result<(), SegmentError> {
+    let shown = path.display().to_string();
+    let file = File::open(path).map_err(|source| SegmentError::Io {
+        path: shown.clone(),
+        source,
+    })?;
+    ParquetRecordBatchReaderBuilder::try_new(file)
+        .map(|_| ())
+        .map_err(|source| SegmentError::Parquet {
+            path: shown,
+            source,
+        })
+}
+
 /// Reads a whole segment.
 pub fn read(path: &Path) -> Result<Vec<RecordBatch>, SegmentError> {
     let shown = path.display().to_string();

@@ -278,6 +278,7 @@ impl Wal {
         let files = Arc::new(Mutex::new(FileList {
             closed,
             active_first: next_seq,
+            writing: true,
         }));
         let active = ActiveFile::create(data_dir, next_seq)?;
         let (tx, rx) = crossbeam::channel::unbounded();
@@ -355,7 +356,8 @@ impl Wal {
 
     /// How many WAL files exist, the active one included.
     pub fn file_count(&self) -> usize {
-        self.files.lock().expect("wal lock").closed.len() + 1
+        let files = self.files.lock().expect("wal lock");
+        files.closed.len() + usize::from(files.writing)
     }
 
     pub fn stats(&self) -> WalStats {
@@ -375,8 +377,10 @@ impl Wal {
 struct FileList {
     /// Files no longer written to: (first sequence number, path), oldest first.
     closed: Vec<(u64, PathBuf)>,
-    /// First sequence number of the active file.
+    /// First sequence number of the active file (after close: of the next file).
     active_first: u64,
+    /// The writer is running and owns the active file.
+    writing: bool,
 }
 
 struct ActiveFile {
@@ -442,6 +446,12 @@ impl Writer {
             }
         }
         let _ = self.active.file.sync_all();
+        // Closed: the active file is an ordinary closed file now, removable once persisted.
+        let mut files = self.files.lock().expect("wal lock");
+        let first = files.active_first;
+        files.closed.push((first, self.active.path.clone()));
+        files.active_first = self.next_seq;
+        files.writing = false;
     }
 
     fn commit(&mut self, group: &mut Vec<Request>, buf: &mut Vec<u8>) {

@@ -275,3 +275,52 @@ fn retention_drops_old_data_and_rejects_old_writes() {
         "replay does not bring expired rows back"
     );
 }
+
+#[test]
+fn a_damaged_segment_is_set_aside_and_the_rest_stays_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = {
+        let engine = open(dir.path());
+        engine
+            .write_lp("db", b"cpu v=1 0", Precision::Second)
+            .unwrap();
+        engine
+            .write_lp("db", b"cpu v=2 7200", Precision::Second)
+            .unwrap();
+        engine
+            .write_lp("db", b"mem v=3 0", Precision::Second)
+            .unwrap();
+        engine.close().unwrap();
+        let snap = engine.snapshot("db", "cpu").unwrap();
+        let seg = snap.segments.iter().find(|s| s.min_time == 0).unwrap();
+        snap.segment_path(seg)
+    };
+    let len = std::fs::metadata(&victim).unwrap().len();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&victim)
+        .unwrap();
+    file.set_len(len / 2).unwrap();
+    drop(file);
+
+    let engine = open(dir.path());
+    assert_eq!(values(&engine, "cpu", "v"), [Some(2.0)]);
+    assert_eq!(values(&engine, "mem", "v"), [Some(3.0)]);
+    assert!(!victim.exists());
+    assert!(victim.with_extension("parquet.corrupt").exists());
+}
+
+#[test]
+fn reading_a_segment_damaged_after_open_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path());
+    engine
+        .write_lp("db", b"cpu v=1 0", Precision::Second)
+        .unwrap();
+    engine.flush().unwrap();
+    let snap = engine.snapshot("db", "cpu").unwrap();
+    let path = snap.segment_path(&snap.segments[0]);
+    std::fs::write(&path, b"not parquet").unwrap();
+    let message = snap.read_all().unwrap_err().to_string();
+    assert!(message.contains(&path.display().to_string()), "{message}");
+}

@@ -14,6 +14,7 @@ use arrow::compute::filter_record_batch;
 use arrow::record_batch::RecordBatch;
 
 use crate::catalog::TIME_COLUMN;
+use crate::delete::DeletePredicate;
 use crate::validate::TableBatch;
 
 /// Names a chunk: database, table, window start.
@@ -214,6 +215,48 @@ impl Buffer {
         });
         self.rows -= freed.0;
         self.bytes -= freed.1;
+    }
+
+    /// Removes the rows of a table that `predicate` matches. Returns how many it removed.
+    pub fn apply_delete(&mut self, db: &str, table: &str, predicate: &DeletePredicate) -> usize {
+        let Some(chunks) = self.tables.get_mut(&(db.to_owned(), table.to_owned())) else {
+            return 0;
+        };
+        let window = self.window_nanos;
+        let mut removed = 0;
+        let (mut old_bytes, mut new_bytes) = (0, 0);
+        for (&start, chunk) in chunks.iter_mut() {
+            if start > predicate.max_time || start.saturating_add(window) <= predicate.min_time {
+                continue;
+            }
+            for (_, batch) in chunk.batches.iter_mut() {
+                let kept = predicate.retain_unmatched(batch);
+                let gone = batch.num_rows() - kept.num_rows();
+                if gone > 0 {
+                    // An emptied batch is dropped below: it no longer counts.
+                    let new = if kept.num_rows() == 0 {
+                        0
+                    } else {
+                        kept.get_array_memory_size()
+                    };
+                    let old = batch.get_array_memory_size();
+                    chunk.bytes = chunk.bytes + new - old;
+                    old_bytes += old;
+                    new_bytes += new;
+                    chunk.rows -= gone;
+                    removed += gone;
+                    *batch = kept;
+                }
+            }
+            chunk.batches.retain(|(_, b)| b.num_rows() > 0);
+        }
+        chunks.retain(|_, c| !c.batches.is_empty());
+        if chunks.is_empty() {
+            self.tables.remove(&(db.to_owned(), table.to_owned()));
+        }
+        self.rows -= removed;
+        self.bytes = self.bytes + new_bytes - old_bytes;
+        removed
     }
 
     /// Drops everything buffered for a table.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::{Deserialize, Serialize};
 
+use crate::delete::Tombstone;
 use crate::lineproto::FieldValue;
 use crate::paths;
 
@@ -148,6 +149,9 @@ pub struct TableDef {
     pub columns: Vec<ColumnDef>,
     #[serde(default)]
     pub segments: Vec<SegmentMeta>,
+    /// Deletes that still hide rows of some segments (see [`crate::delete`]).
+    #[serde(default)]
+    pub tombstones: Vec<Tombstone>,
     #[serde(skip)]
     schema: Option<SchemaRef>,
 }
@@ -162,6 +166,7 @@ impl TableDef {
                 column_type: ColumnType::Time,
             }],
             segments: Vec::new(),
+            tombstones: Vec::new(),
             schema: None,
         };
         table.refresh_schema();

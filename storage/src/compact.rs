@@ -8,6 +8,7 @@ use arrow::record_batch::RecordBatch;
 use crate::buffer::{ChunkKey, widen};
 use crate::catalog::SegmentMeta;
 use crate::dedup::dedup_sort;
+use crate::delete::{Tombstone, deleted_rows, remove_rows};
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::{paths, segment};
@@ -20,6 +21,8 @@ struct Plan {
     window_start: i64,
     /// Oldest writes first.
     segments: Vec<SegmentMeta>,
+    /// The table's deletes; those that apply to a segment are carried out on it.
+    tombstones: Vec<Tombstone>,
 }
 
 impl Engine {
@@ -49,7 +52,13 @@ impl Engine {
                 }
                 for (window_start, mut segments) in windows {
                     let bytes: u64 = segments.iter().map(|s| s.bytes).sum();
-                    if segments.len() < 2 || bytes > self.config.compact_max_bytes {
+                    let has_deletes = segments
+                        .iter()
+                        .any(|s| table.tombstones.iter().any(|t| t.applies_to(s)));
+                    if bytes > self.config.compact_max_bytes {
+                        continue;
+                    }
+                    if segments.len() < 2 && !has_deletes {
                         continue;
                     }
                     let key = ChunkKey {
@@ -58,13 +67,14 @@ impl Engine {
                         window_start,
                     };
                     let quiet = buffer.chunk(&key).is_none();
-                    if quiet || segments.len() >= self.config.compact_segments {
+                    if quiet || has_deletes || segments.len() >= self.config.compact_segments {
                         segments.sort_by_key(|s| (s.max_seq, s.id));
                         plans.push(Plan {
                             db: db.name.clone(),
                             table: table.name.clone(),
                             window_start,
                             segments,
+                            tombstones: table.tombstones.clone(),
                         });
                     }
                 }
@@ -95,12 +105,24 @@ impl Engine {
         };
         let mut batches: Vec<RecordBatch> = Vec::new();
         for s in &plan.segments {
-            for batch in segment::read(&self.config.data_dir.join(&s.path))? {
-                batches.push(widen(&batch, &schema));
-            }
+            let rows = segment::read(&self.config.data_dir.join(&s.path))?;
+            let applicable = plan.tombstones.iter().filter(|t| t.applies_to(s));
+            let deleted = deleted_rows(&rows, applicable);
+            batches.extend(
+                remove_rows(rows, &deleted)
+                    .iter()
+                    .map(|b| widen(b, &schema)),
+            );
         }
         let merged = dedup_sort(&schema, &batches)?;
-        let info = segment::write(&self.config.data_dir.join(&rel_path), &merged)?;
+        // Deletes may have emptied the window: then there is nothing to write.
+        let info = match merged.num_rows() {
+            0 => None,
+            _ => Some(segment::write(
+                &self.config.data_dir.join(&rel_path),
+                &merged,
+            )?),
+        };
         let max_seq = plan.segments.iter().map(|s| s.max_seq).max().unwrap_or(0);
         {
             let mut catalog = self.catalog.write().expect("catalog lock");
@@ -109,16 +131,23 @@ impl Engine {
             };
             let old: Vec<_> = plan.segments.iter().map(|s| s.id).collect();
             table.segments.retain(|s| !old.contains(&s.id));
-            table.segments.push(SegmentMeta {
-                id,
-                window_start: plan.window_start,
-                min_time: info.min_time,
-                max_time: info.max_time,
-                rows: info.rows,
-                bytes: info.bytes,
-                path: rel_path,
-                max_seq,
-            });
+            if let Some(info) = info {
+                table.segments.push(SegmentMeta {
+                    id,
+                    window_start: plan.window_start,
+                    min_time: info.min_time,
+                    max_time: info.max_time,
+                    rows: info.rows,
+                    bytes: info.bytes,
+                    path: rel_path,
+                    max_seq,
+                });
+            }
+            // The plan's tombstones are carried out: keep only those that still hide rows.
+            let segments = &table.segments;
+            table
+                .tombstones
+                .retain(|t| segments.iter().any(|s| t.applies_to(s)));
         }
         self.persist_catalog()?;
         for s in &plan.segments {
@@ -126,7 +155,7 @@ impl Engine {
         }
         tracing::debug!(
             db = %plan.db, table = %plan.table, merged = plan.segments.len(),
-            rows = info.rows, bytes = info.bytes, "compacted a window"
+            rows = merged.num_rows(), "compacted a window"
         );
         Ok(())
     }
@@ -194,6 +223,120 @@ mod tests {
                 .unwrap()
                 .num_rows(),
             3
+        );
+    }
+}
+
+#[cfg(test)]
+mod delete_tests {
+    use crate::{DeletePredicate, Engine, EngineConfig, Precision};
+    use arrow::array::Array;
+
+    fn hosts(engine: &Engine) -> Vec<String> {
+        let batch = engine.snapshot("db", "cpu").unwrap().read_all().unwrap();
+        let col = arrow::compute::cast(
+            batch.column_by_name("host").unwrap(),
+            &arrow::datatypes::DataType::Utf8,
+        )
+        .unwrap();
+        let col = col
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        (0..col.len())
+            .map(|i| format!("{}@{}", col.value(i), batch.num_rows()))
+            .collect()
+    }
+
+    #[test]
+    fn deletes_hide_rows_in_buffer_and_segments_then_compaction_drops_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(EngineConfig::test_config(dir.path())).unwrap();
+        engine
+            .write_lp(
+                "db",
+                b"cpu,host=a v=1 1\ncpu,host=b v=2 1\ncpu,host=a v=3 500",
+                Precision::Second,
+            )
+            .unwrap();
+        engine.flush().unwrap();
+        engine
+            .write_lp(
+                "db",
+                b"cpu,host=a v=4 2\ncpu,host=b v=5 2",
+                Precision::Second,
+            )
+            .unwrap();
+
+        let only_a_early = DeletePredicate {
+            min_time: 0,
+            max_time: 100_000_000_000,
+            tags: vec![("host".into(), "a".into())],
+        };
+        engine.delete("db", "cpu", only_a_early).unwrap();
+        // a@1 (segment) and a@2 (buffer) are gone; a@500 is outside the range.
+        assert_eq!(hosts(&engine), ["a@3", "b@3", "b@3"]);
+
+        // A write after the delete is not hidden by it.
+        engine
+            .write_lp("db", b"cpu,host=a v=6 1", Precision::Second)
+            .unwrap();
+        assert_eq!(hosts(&engine).len(), 4);
+
+        // Durable: a reopen (replaying the WAL) hides the same rows.
+        drop(engine);
+        let engine = Engine::open(EngineConfig::test_config(dir.path())).unwrap();
+        assert_eq!(hosts(&engine).len(), 4);
+
+        engine.flush().unwrap();
+        assert!(engine.compact().unwrap() >= 1);
+        let catalog = engine.catalog();
+        let table = catalog.table("db", "cpu").unwrap();
+        assert!(
+            table.tombstones.is_empty(),
+            "compaction carried the delete out"
+        );
+        let stored: u64 = table.segments.iter().map(|s| s.rows).sum();
+        assert_eq!(stored, 4, "deleted rows are gone from the files");
+        assert_eq!(hosts(&engine).len(), 4);
+    }
+
+    #[test]
+    fn deleting_everything_leaves_an_empty_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(EngineConfig::test_config(dir.path())).unwrap();
+        engine
+            .write_lp("db", b"cpu,host=a v=1 1", Precision::Second)
+            .unwrap();
+        engine.flush().unwrap();
+        engine
+            .write_lp("db", b"cpu,host=a v=2 2", Precision::Second)
+            .unwrap();
+        engine.delete("db", "cpu", DeletePredicate::all()).unwrap();
+        assert_eq!(
+            engine
+                .snapshot("db", "cpu")
+                .unwrap()
+                .read_all()
+                .unwrap()
+                .num_rows(),
+            0
+        );
+        assert_eq!(engine.compact().unwrap(), 1);
+        assert!(
+            engine
+                .catalog()
+                .table("db", "cpu")
+                .unwrap()
+                .segments
+                .is_empty()
+        );
+        let err = engine
+            .delete("db", "nope", DeletePredicate::all())
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "table 'nope' does not exist in database 'db'"
         );
     }
 }

@@ -22,6 +22,7 @@ use crate::buffer::{Buffer, ChunkKey, widen};
 use crate::catalog::{COLUMN_KIND_KEY, Catalog, ColumnType, SegmentMeta};
 use crate::config::EngineConfig;
 use crate::dedup::dedup_sort;
+use crate::delete::{DeletePredicate, Tombstone, deleted_rows, remove_rows};
 use crate::error::{Error, Result};
 use crate::lineproto::{LineError, parse_lines};
 use crate::precision::Precision;
@@ -29,6 +30,7 @@ use crate::retire::{Pins, SegmentPin};
 use crate::validate::{TableBatch, validate};
 use crate::wal::{self, Wal, WalEntry};
 use crate::{paths, segment};
+use roaring::RoaringBitmap;
 
 #[cfg(test)]
 mod tests;
@@ -55,12 +57,27 @@ pub struct TableSnapshot {
     pub segments: Vec<SegmentMeta>,
     /// Buffered batches, oldest first; every one is newer than every segment.
     pub buffer: Vec<RecordBatch>,
+    /// Deletes that hide rows of some of the segments (see [`Tombstone::applies_to`]).
+    pub tombstones: Vec<Tombstone>,
     pub data_dir: PathBuf,
     /// Keeps the segment files on disk while the snapshot lives.
     _pins: Vec<Arc<SegmentPin>>,
 }
 
 impl TableSnapshot {
+    /// Row positions of a segment (read whole, in file order) that tombstones delete.
+    pub fn deleted_rows(&self, segment: &SegmentMeta, batches: &[RecordBatch]) -> RoaringBitmap {
+        let applicable: Vec<&Tombstone> = self
+            .tombstones
+            .iter()
+            .filter(|t| t.applies_to(segment))
+            .collect();
+        if applicable.is_empty() {
+            return RoaringBitmap::new();
+        }
+        deleted_rows(batches, applicable.iter().copied())
+    }
+
     pub fn segment_path(&self, segment: &SegmentMeta) -> PathBuf {
         self.data_dir.join(&segment.path)
     }
@@ -69,9 +86,10 @@ impl TableSnapshot {
     pub fn read_all(&self) -> Result<RecordBatch> {
         let mut batches = Vec::new();
         for seg in &self.segments {
-            for batch in segment::read(&self.segment_path(seg))? {
-                batches.push(widen(&batch, &self.schema));
-            }
+            let rows = segment::read(&self.segment_path(seg))?;
+            let deleted = self.deleted_rows(seg, &rows);
+            let rows = remove_rows(rows, &deleted);
+            batches.extend(rows.iter().map(|b| widen(b, &self.schema)));
         }
         batches.extend(self.buffer.iter().map(|b| widen(b, &self.schema)));
         Ok(dedup_sort(&self.schema, &batches)?)
@@ -103,6 +121,9 @@ pub struct Engine {
     closed: AtomicBool,
     /// The last catalog write failed: the file on disk lags the segments written.
     catalog_stale: AtomicBool,
+    /// The oldest delete whose tombstone is not in the catalog file yet: WAL files from it
+    /// on must stay.
+    unpersisted_delete: Arc<Mutex<Option<u64>>>,
     _lock: File,
 }
 
@@ -158,6 +179,13 @@ impl Engine {
                 }
                 buffer.apply(seq, &db, tables);
             }
+            WalEntry::Delete {
+                db,
+                table,
+                predicate,
+            } => {
+                apply_delete(&mut catalog, &mut buffer, seq, &db, &table, predicate);
+            }
         })?;
         // Windows already persisted before the crash need not be buffered again.
         let keys: Vec<ChunkKey> = buffer.chunks().map(|(k, _)| k).collect();
@@ -186,8 +214,11 @@ impl Engine {
         buffer.set_last_seq(last_seq);
 
         let buffer = Arc::new(RwLock::new(buffer));
+        let catalog = Arc::new(RwLock::new(catalog));
+        let unpersisted_delete = Arc::new(Mutex::new(None));
         let space = Arc::new((Mutex::new(()), Condvar::new()));
-        let sink_buffer = buffer.clone();
+        let (sink_catalog, sink_buffer) = (catalog.clone(), buffer.clone());
+        let sink_unpersisted = unpersisted_delete.clone();
         let sink: wal::Sink = Box::new(move |seq, entry| match entry {
             WalEntry::Write { db, tables } => {
                 sink_buffer
@@ -195,12 +226,26 @@ impl Engine {
                     .expect("buffer lock")
                     .apply(seq, &db, tables);
             }
+            WalEntry::Delete {
+                db,
+                table,
+                predicate,
+            } => {
+                let mut catalog = sink_catalog.write().expect("catalog lock");
+                let mut buffer = sink_buffer.write().expect("buffer lock");
+                apply_delete(&mut catalog, &mut buffer, seq, &db, &table, predicate);
+                sink_unpersisted
+                    .lock()
+                    .expect("delete lock")
+                    .get_or_insert(seq);
+            }
         });
         let wal = Wal::open(&dir, last_seq + 1, config.wal.clone(), sink)?;
         let engine = Arc::new(Engine {
             config,
-            catalog: Arc::new(RwLock::new(catalog)),
+            catalog,
             buffer,
+            unpersisted_delete,
             wal,
             persist_lock: Mutex::new(()),
             pins: Pins::default(),
@@ -343,6 +388,7 @@ impl Engine {
             schema: def.schema(),
             segments,
             buffer: buffer.table_batches(db, table),
+            tombstones: def.tombstones.clone(),
             data_dir: self.config.data_dir.clone(),
             _pins: pins,
         })
@@ -379,6 +425,35 @@ impl Engine {
             self.persist_chunk(&key)?;
         }
         self.remove_persisted_wal()
+    }
+
+    /// Deletes the rows of `db.table` that `predicate` matches. Returns once the delete is
+    /// durable (in the WAL) and the rows are hidden from readers. Compaction removes them
+    /// from segments for good.
+    pub fn delete(&self, db: &str, table: &str, predicate: DeletePredicate) -> Result<u64> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        if self
+            .catalog
+            .read()
+            .expect("catalog lock")
+            .table(db, table)
+            .is_none()
+        {
+            return Err(Error::NoSuchTable {
+                db: db.to_owned(),
+                table: table.to_owned(),
+            });
+        }
+        let entry = WalEntry::Delete {
+            db: db.to_owned(),
+            table: table.to_owned(),
+            predicate,
+        };
+        let seq = self.wal.append(entry).wait()?;
+        self.persist_catalog()?;
+        Ok(seq)
     }
 
     /// Sets (or clears) a database's retention period: data older than it is dropped by the
@@ -532,12 +607,20 @@ impl Engine {
 
     pub(crate) fn persist_catalog(&self) -> Result<()> {
         let _guard = self.catalog_file_lock.lock().expect("catalog file lock");
-        let snapshot = {
+        let (snapshot, covers_delete) = {
             let mut catalog = self.catalog.write().expect("catalog lock");
             catalog.version += 1;
-            catalog.clone()
+            // Deletes are applied under the catalog lock: this copy holds every tombstone.
+            let pending = *self.unpersisted_delete.lock().expect("delete lock");
+            (catalog.clone(), pending)
         };
         let result = snapshot.persist(&self.config.data_dir);
+        if result.is_ok() && covers_delete.is_some() {
+            let mut pending = self.unpersisted_delete.lock().expect("delete lock");
+            if *pending == covers_delete {
+                *pending = None;
+            }
+        }
         // Until a catalog write succeeds, segments it would list are unknown on disk: the
         // WAL must keep their rows.
         self.catalog_stale.store(result.is_err(), Ordering::Release);
@@ -548,12 +631,18 @@ impl Engine {
         if self.catalog_stale.load(Ordering::Acquire) {
             return Ok(());
         }
+        // Read the buffer first: a delete applied after this is above `below` anyway.
         let below = self
             .buffer
             .read()
             .expect("buffer lock")
             .min_unpersisted_seq();
-        self.wal.remove_persisted(below)?;
+        let pending_delete = self
+            .unpersisted_delete
+            .lock()
+            .expect("delete lock")
+            .unwrap_or(u64::MAX);
+        self.wal.remove_persisted(below.min(pending_delete))?;
         Ok(())
     }
 
@@ -621,6 +710,26 @@ impl Drop for Engine {
     fn drop(&mut self) {
         // Without close(), acknowledged writes are still safe in the WAL.
         self.wal.close();
+    }
+}
+
+/// Applies a durable delete: drops matching buffered rows and records a tombstone for the
+/// table's segments. Idempotent (replay may apply a delete the catalog already has).
+fn apply_delete(
+    catalog: &mut Catalog,
+    buffer: &mut Buffer,
+    seq: u64,
+    db: &str,
+    table: &str,
+    predicate: DeletePredicate,
+) {
+    buffer.apply_delete(db, table, &predicate);
+    let Some(def) = catalog.table_mut(db, table) else {
+        return;
+    };
+    if def.segments.iter().any(|s| s.max_seq < seq) && !def.tombstones.iter().any(|t| t.seq == seq)
+    {
+        def.tombstones.push(Tombstone { seq, predicate });
     }
 }
 

@@ -22,6 +22,8 @@ pub enum Error {
     Locked { dir: String, pid: Option<u32> },
     #[error("{0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    #[error("table '{table}' does not exist in database '{db}'")]
+    NoSuchTable { db: String, table: String },
     #[error("the engine is shut down")]
     Closed,
 }

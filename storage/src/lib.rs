@@ -23,6 +23,7 @@ pub mod catalog;
 mod compact;
 pub mod config;
 pub mod dedup;
+pub mod delete;
 pub mod engine;
 mod error;
 pub mod lineproto;
@@ -34,6 +35,7 @@ pub mod validate;
 pub mod wal;
 
 pub use config::EngineConfig;
+pub use delete::DeletePredicate;
 pub use engine::{BufferStats, Engine, TableSnapshot, WriteOutcome};
 pub use error::{Error, Result};
 pub use lineproto::LineError;

@@ -309,9 +309,7 @@ impl Wal {
 
     /// Queues a record; the returned [`Pending`] resolves once it is durable and applied.
     pub fn append(&self, entry: WalEntry) -> Pending {
-        let payload = match &entry {
-            WalEntry::Write { db, tables } => format::encode_write(db, tables),
-        };
+        let payload = format::encode_entry(&entry);
         let (reply, rx) = oneshot::channel();
         let sent = match self.tx.lock().expect("wal lock").as_ref() {
             Some(tx) => tx

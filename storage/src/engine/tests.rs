@@ -123,7 +123,9 @@ fn flushing_removes_wal_files_and_close_persists_everything() {
         Err(Error::Closed)
     ));
     drop(engine);
-    let wal_files = std::fs::read_dir(paths::wal_dir(dir.path())).unwrap().count();
+    let wal_files = std::fs::read_dir(paths::wal_dir(dir.path()))
+        .unwrap()
+        .count();
     assert_eq!(wal_files, 0, "a clean close leaves no WAL to replay");
 
     let engine = open(dir.path());

@@ -15,6 +15,7 @@ use std::io::Cursor;
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 
+use crate::delete::DeletePredicate;
 use crate::validate::TableBatch;
 
 pub const MAGIC: &[u8; 8] = b"GANNETWL";
@@ -26,11 +27,20 @@ pub const FRAME_HEADER_LEN: usize = 16;
 pub const MAX_PAYLOAD_LEN: usize = 1 << 30;
 
 const KIND_WRITE: u8 = 1;
+const KIND_DELETE: u8 = 2;
 
 /// What one WAL record says happened.
 #[derive(Debug, Clone)]
 pub enum WalEntry {
-    Write { db: String, tables: Vec<TableBatch> },
+    Write {
+        db: String,
+        tables: Vec<TableBatch>,
+    },
+    Delete {
+        db: String,
+        table: String,
+        predicate: DeletePredicate,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -152,7 +162,30 @@ pub fn encode_write(db: &str, tables: &[TableBatch]) -> Vec<u8> {
     out
 }
 
-/// Decodes a payload written by [`encode_write`].
+/// Encodes a delete's payload: kind 2, db, table, then the predicate as JSON.
+pub fn encode_delete(db: &str, table: &str, predicate: &DeletePredicate) -> Vec<u8> {
+    let mut out = vec![KIND_DELETE];
+    put_str16(&mut out, db);
+    put_str16(&mut out, table);
+    let json = serde_json::to_vec(predicate).expect("predicates serialise");
+    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    out.extend_from_slice(&json);
+    out
+}
+
+/// Encodes any entry's payload.
+pub fn encode_entry(entry: &WalEntry) -> Vec<u8> {
+    match entry {
+        WalEntry::Write { db, tables } => encode_write(db, tables),
+        WalEntry::Delete {
+            db,
+            table,
+            predicate,
+        } => encode_delete(db, table, predicate),
+    }
+}
+
+/// Decodes a payload written by [`encode_entry`].
 pub fn decode_entry(payload: &[u8]) -> Result<WalEntry, FormatError> {
     let mut r = Reader {
         bytes: payload,
@@ -179,6 +212,21 @@ pub fn decode_entry(payload: &[u8]) -> Result<WalEntry, FormatError> {
                 return Err(FormatError::Payload("trailing bytes".into()));
             }
             Ok(WalEntry::Write { db, tables })
+        }
+        KIND_DELETE => {
+            let db = r.str16()?;
+            let table = r.str16()?;
+            let len = r.u32()? as usize;
+            let predicate = serde_json::from_slice(r.take(len)?)
+                .map_err(|e| FormatError::Payload(format!("delete predicate: {e}")))?;
+            if r.pos != payload.len() {
+                return Err(FormatError::Payload("trailing bytes".into()));
+            }
+            Ok(WalEntry::Delete {
+                db,
+                table,
+                predicate,
+            })
         }
         kind => Err(FormatError::Payload(format!("unknown record kind {kind}"))),
     }
@@ -253,10 +301,32 @@ mod tests {
         let WalEntry::Write {
             db: got_db,
             tables: got,
-        } = decode_entry(&payload).unwrap();
+        } = decode_entry(&payload).unwrap()
+        else {
+            panic!("a write decodes as a write");
+        };
         assert_eq!(got_db, "db");
         assert_eq!(got[0].table, "cpu");
         assert_eq!(got[0].batch, tables[0].batch);
+    }
+
+    #[test]
+    fn delete_roundtrips() {
+        let predicate = DeletePredicate {
+            min_time: -5,
+            max_time: 9,
+            tags: vec![("host".into(), "a,b".into())],
+        };
+        let payload = encode_delete("db", "cpu", &predicate);
+        let WalEntry::Delete {
+            db,
+            table,
+            predicate: got,
+        } = decode_entry(&payload).unwrap()
+        else {
+            panic!("a delete decodes as a delete");
+        };
+        assert_eq!((db.as_str(), table.as_str(), got), ("db", "cpu", predicate));
     }
 
     #[test]

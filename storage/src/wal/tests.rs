@@ -22,8 +22,10 @@ fn entry(body: &str) -> WalEntry {
 }
 
 fn rows(entry: &WalEntry) -> usize {
-    let WalEntry::Write { tables, .. } = entry;
-    tables.iter().map(|t| t.batch.num_rows()).sum()
+    match entry {
+        WalEntry::Write { tables, .. } => tables.iter().map(|t| t.batch.num_rows()).sum(),
+        WalEntry::Delete { .. } => 0,
+    }
 }
 
 fn collect(dir: &Path) -> (ReplayStats, Vec<(u64, usize)>) {

@@ -187,6 +187,7 @@ impl<'a> Parser<'a> {
             return self.fail("missing measurement");
         }
         let mut tags: Vec<(Cow<'a, str>, Cow<'a, str>)> = Vec::with_capacity(hint.0);
+        let mut tag_sigs = KeySigs::default();
         while self.peek() == Some(b',') {
             self.pos += 1;
             let key = self.element(|b| matches!(b, b'=' | b',' | b' '), KEY_ESCAPES);
@@ -201,7 +202,7 @@ impl<'a> Parser<'a> {
             if value.is_empty() {
                 return self.fail(format!("missing value for tag '{key}'"));
             }
-            if tags.iter().any(|(k, _)| *k == key) {
+            if is_duplicate(&mut tag_sigs, &tags, &key) {
                 return self.fail(format!("duplicate tag '{key}'"));
             }
             tags.push((key, value));
@@ -213,6 +214,7 @@ impl<'a> Parser<'a> {
             };
         }
         self.skip_spaces();
+        let mut field_sigs = KeySigs::default();
         let mut fields: Vec<(Cow<'a, str>, FieldValue<'a>)> = Vec::with_capacity(hint.1.max(1));
         loop {
             let key = self.element(|b| matches!(b, b'=' | b',' | b' '), KEY_ESCAPES);
@@ -224,7 +226,7 @@ impl<'a> Parser<'a> {
             }
             self.pos += 1;
             let value = self.field_value(&key)?;
-            if fields.iter().any(|(k, _)| *k == key) {
+            if is_duplicate(&mut field_sigs, &fields, &key) {
                 return self.fail(format!("duplicate field '{key}'"));
             }
             fields.push((key, value));
@@ -363,6 +365,40 @@ impl<'a> Parser<'a> {
             Err(_) => Err((start + 1, format!("invalid timestamp '{rest}'"))),
         }
     }
+}
+
+/// Signatures of the keys seen so far in a line, so that checking a new key for a duplicate
+/// compares strings only when length and last two bytes match.
+#[derive(Default)]
+struct KeySigs {
+    sigs: [u32; 32],
+}
+
+fn signature(key: &str) -> u32 {
+    let b = key.as_bytes();
+    let n = b.len();
+    let last = u32::from(b[n - 1]);
+    let before = if n > 1 { u32::from(b[n - 2]) } else { 0 };
+    (n as u32 & 0xffff) | (last << 16) | (before << 24)
+}
+
+/// Whether `key` is among `seen` (whose signatures `sigs` holds, for the first 32); records
+/// its signature if not.
+fn is_duplicate<V>(sigs: &mut KeySigs, seen: &[(Cow<'_, str>, V)], key: &str) -> bool {
+    let n = seen.len();
+    let sig = signature(key);
+    let duplicate = if n <= sigs.sigs.len() {
+        sigs.sigs[..n]
+            .iter()
+            .zip(seen)
+            .any(|(&s, (k, _))| s == sig && k == key)
+    } else {
+        seen.iter().any(|(k, _)| k == key)
+    };
+    if !duplicate && n < sigs.sigs.len() {
+        sigs.sigs[n] = sig;
+    }
+    duplicate
 }
 
 /// Cheap pre-check that keeps `inf`, `NaN` and other words out of the number parsers.

@@ -260,3 +260,15 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn duplicates_are_found_past_signature_collisions_and_many_keys() {
+    // Same length and last two bytes: signatures collide, the strings differ.
+    assert_eq!(one("m xab=1,yab=2").fields.len(), 2);
+    assert!(err("m xab=1,yab=2,xab=3").contains("duplicate field 'xab'"));
+    let many: Vec<String> = (0..40).map(|i| format!("f{i}=1")).collect();
+    let line = format!("m {}", many.join(","));
+    assert_eq!(one(&line).fields.len(), 40);
+    assert!(err(&format!("{line},f35=2")).contains("duplicate field 'f35'"));
+    assert!(err(&format!("{line},f3=2")).contains("duplicate field 'f3'"));
+}

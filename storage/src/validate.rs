@@ -125,7 +125,7 @@ pub fn validate<'a>(
                         errors.push(line_error(line, message));
                         continue;
                     }
-                    builder.append(line, ts)
+                    builder.append(line, ts, &columns)
                 }
                 Err(message) => errors.push(line_error(line, message)),
             }
@@ -223,14 +223,15 @@ fn check_line(
     precision: Precision,
 ) -> Result<Option<i64>, String> {
     let table = columns.table;
+    // Every table has a `time` column, so a key named `time` resolves to it.
     for (position, (key, _)) in line.tags.iter().enumerate() {
-        if key == TIME_COLUMN {
-            return Err(format!(
-                "tag key '{TIME_COLUMN}' is reserved for the timestamp"
-            ));
-        }
         match columns.column_type(key, true, position) {
             None | Some(ColumnType::Tag) => {}
+            Some(ColumnType::Time) => {
+                return Err(format!(
+                    "tag key '{TIME_COLUMN}' is reserved for the timestamp"
+                ));
+            }
             Some(existing) => {
                 return Err(format!(
                     "column '{key}' of table '{}' is a {existing} field; this line writes it as a tag",
@@ -240,15 +241,15 @@ fn check_line(
         }
     }
     for (position, (key, value)) in line.fields.iter().enumerate() {
-        if key == TIME_COLUMN {
-            return Err(format!(
-                "field key '{TIME_COLUMN}' is reserved for the timestamp"
-            ));
-        }
         let new = ColumnType::of_field(value);
         match columns.column_type(key, false, position) {
             None => {}
             Some(existing) if existing == new => {}
+            Some(ColumnType::Time) => {
+                return Err(format!(
+                    "field key '{TIME_COLUMN}' is reserved for the timestamp"
+                ));
+            }
             Some(ColumnType::Tag) => {
                 return Err(format!(
                     "column '{key}' of table '{}' is a tag; this line writes it as a {new} field",
@@ -337,16 +338,14 @@ impl ColumnBuilder {
     }
 }
 
-/// Builds one table's batch row by row. Columns are looked up by name once per distinct
-/// key position: lines of one table usually repeat the same keys in the same order.
+/// Builds one table's batch row by row, finding each key's column through the [`Resolver`]
+/// that has just checked the line.
 struct BatchBuilder<'t> {
     table: &'t TableDef,
-    index: HashMap<&'t str, usize>,
     /// Column slots, created on first use, in order of first use.
     slots: Vec<(&'t str, ColumnBuilder)>,
-    /// Slot of the column at each tag/field position of the previous line.
-    tag_cache: Vec<usize>,
-    field_cache: Vec<usize>,
+    /// Slot of each table column (by index in `table.columns`), `usize::MAX` if unused.
+    slot_of_column: Vec<usize>,
     time: TimestampNanosecondBuilder,
     rows: usize,
     /// Rows this batch will have at most.
@@ -358,59 +357,33 @@ impl<'t> BatchBuilder<'t> {
         BatchBuilder {
             capacity,
             table,
-            index: HashMap::new(),
             slots: Vec::new(),
-            tag_cache: Vec::new(),
-            field_cache: Vec::new(),
+            slot_of_column: vec![usize::MAX; table.columns.len()],
             time: TimestampNanosecondBuilder::with_capacity(capacity),
             rows: 0,
         }
     }
 
-    fn slot(&mut self, key: &str, cache_tags: bool, position: usize) -> usize {
-        let cache = if cache_tags {
-            &self.tag_cache
-        } else {
-            &self.field_cache
-        };
-        if let Some(&slot) = cache.get(position)
-            && self.slots[slot].0 == key
-        {
+    /// The builder slot of table column `column`, created on first use.
+    fn slot(&mut self, column: usize) -> usize {
+        let slot = self.slot_of_column[column];
+        if slot != usize::MAX {
             return slot;
         }
-        let slot = match self.index.get(key) {
-            Some(&slot) => slot,
-            None => {
-                let def = self
-                    .table
-                    .columns
-                    .iter()
-                    .find(|c| c.name == key)
-                    .expect("columns were added to the catalog");
-                let mut builder = ColumnBuilder::new(def.column_type, self.capacity);
-                for _ in 0..self.rows {
-                    builder.append_null();
-                }
-                self.slots.push((def.name.as_str(), builder));
-                self.index.insert(def.name.as_str(), self.slots.len() - 1);
-                self.slots.len() - 1
-            }
-        };
-        let cache = if cache_tags {
-            &mut self.tag_cache
-        } else {
-            &mut self.field_cache
-        };
-        if cache.len() <= position {
-            cache.resize(position + 1, usize::MAX);
+        let def = &self.table.columns[column];
+        let mut builder = ColumnBuilder::new(def.column_type, self.capacity);
+        for _ in 0..self.rows {
+            builder.append_null();
         }
-        cache[position] = slot;
-        slot
+        self.slots.push((def.name.as_str(), builder));
+        self.slot_of_column[column] = self.slots.len() - 1;
+        self.slots.len() - 1
     }
 
-    fn append(&mut self, line: &ParsedLine<'_>, ts: i64) {
-        for (position, (key, value)) in line.tags.iter().enumerate() {
-            let slot = self.slot(key, true, position);
+    /// Appends a line that `columns` has just checked (so it knows every key's column).
+    fn append(&mut self, line: &ParsedLine<'_>, ts: i64, columns: &Resolver<'_>) {
+        for (position, (_, value)) in line.tags.iter().enumerate() {
+            let slot = self.slot(columns.tags[position]);
             match &mut self.slots[slot].1 {
                 ColumnBuilder::Tag(b) => {
                     b.append_value(value);
@@ -418,8 +391,8 @@ impl<'t> BatchBuilder<'t> {
                 _ => unreachable!("types were checked against the catalog"),
             }
         }
-        for (position, (key, value)) in line.fields.iter().enumerate() {
-            let slot = self.slot(key, false, position);
+        for (position, (_, value)) in line.fields.iter().enumerate() {
+            let slot = self.slot(columns.fields[position]);
             self.slots[slot].1.append_field(value);
         }
         self.time.append_value(ts);
@@ -442,7 +415,8 @@ impl<'t> BatchBuilder<'t> {
             if field.name() == TIME_COLUMN {
                 fields.push(field.clone());
                 arrays.push(Arc::new(self.time.finish()) as ArrayRef);
-            } else if let Some(&slot) = self.index.get(field.name().as_str()) {
+            } else if let Some(slot) = self.slots.iter().position(|(name, _)| name == field.name())
+            {
                 fields.push(field.clone());
                 arrays.push(self.slots[slot].1.finish());
             }

@@ -3,7 +3,8 @@
 //!
 //!     cargo bench --bench ingest
 //!
-//! Prints rows/s, MB/s, fsyncs, mean fsync latency, and peak RSS for each run.
+//! Prints rows/s, MB/s, fsyncs, mean fsync latency, acknowledgement latency (p50, p99) and
+//! peak RSS for each run; each configuration runs INGEST_ROUNDS times (default 3).
 
 use std::time::{Duration, Instant};
 
@@ -56,7 +57,15 @@ fn main() {
         "ack p99 ms",
         "peak RSS"
     );
-    for writers in [1, 4, 8, 16] {
+    // This machine is shared and noisy: run each configuration several times.
+    let rounds: usize = std::env::var("INGEST_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    for (writers, _round) in [1, 4, 8, 16]
+        .into_iter()
+        .flat_map(|w| (0..rounds).map(move |r| (w, r)))
+    {
         let dir = tempfile::tempdir().unwrap();
         let mut config = EngineConfig::new(dir.path());
         config.flush_age = Duration::from_secs(3600);

@@ -1,4 +1,5 @@
 //! Integration tests: real processes, real files, real Parquet readers.
 
 mod crash;
+mod import;
 mod parquet_readers;

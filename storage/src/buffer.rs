@@ -63,7 +63,9 @@ impl Buffer {
     }
 
     pub fn window_start(&self, time: i64) -> i64 {
-        time.div_euclid(self.window_nanos) * self.window_nanos
+        // Saturates for times within one window of i64::MIN instead of overflowing.
+        time.div_euclid(self.window_nanos)
+            .saturating_mul(self.window_nanos)
     }
 
     /// Adds a durable write. Writes arrive in sequence order.

@@ -132,6 +132,9 @@ pub struct SegmentMeta {
     pub path: String,
     /// The highest WAL sequence number whose rows this segment holds.
     pub max_seq: u64,
+    /// Deletes up to this sequence number have been carried out on this segment's rows.
+    #[serde(default)]
+    pub deletes_applied: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,6 +247,10 @@ pub struct Catalog {
     pub version: u64,
     pub next_id: u32,
     pub next_segment_id: u64,
+    /// The highest WAL sequence number applied when this catalog was written: sequence
+    /// numbers continue above it even after every WAL file is gone.
+    #[serde(default)]
+    pub last_seq: u64,
     pub databases: BTreeMap<String, DatabaseDef>,
 }
 
@@ -256,6 +263,7 @@ impl Default for Catalog {
             version: 0,
             next_id: 1,
             next_segment_id: 1,
+            last_seq: 0,
             databases: BTreeMap::new(),
         }
     }

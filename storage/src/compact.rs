@@ -37,7 +37,31 @@ impl Engine {
         for plan in plans {
             self.compact_window(plan)?;
         }
+        self.drop_spent_tombstones()?;
         Ok(count)
+    }
+
+    /// Removes tombstones that hide rows of no segment any more. Runs under the persist
+    /// lock, so no segment with older writes can be on its way into the catalog.
+    fn drop_spent_tombstones(&self) -> Result<()> {
+        let mut changed = false;
+        {
+            let mut catalog = self.catalog.write().expect("catalog lock");
+            for db in catalog.databases.values_mut() {
+                for table in db.tables.values_mut() {
+                    let before = table.tombstones.len();
+                    let segments = &table.segments;
+                    table
+                        .tombstones
+                        .retain(|t| segments.iter().any(|s| t.applies_to(s)));
+                    changed |= table.tombstones.len() != before;
+                }
+            }
+        }
+        if changed {
+            self.persist_catalog()?;
+        }
+        Ok(())
     }
 
     fn plan_compactions(&self) -> Vec<Plan> {
@@ -124,6 +148,14 @@ impl Engine {
             )?),
         };
         let max_seq = plan.segments.iter().map(|s| s.max_seq).max().unwrap_or(0);
+        // Every tombstone the plan knew of was carried out on the merged rows.
+        let deletes_applied = plan
+            .tombstones
+            .iter()
+            .map(|t| t.seq)
+            .chain(plan.segments.iter().map(|s| s.deletes_applied))
+            .max()
+            .unwrap_or(0);
         {
             let mut catalog = self.catalog.write().expect("catalog lock");
             let Some(table) = catalog.table_mut(&plan.db, &plan.table) else {
@@ -141,6 +173,7 @@ impl Engine {
                     bytes: info.bytes,
                     path: rel_path,
                     max_seq,
+                    deletes_applied,
                 });
             }
             // The plan's tombstones are carried out: keep only those that still hide rows.

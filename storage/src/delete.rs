@@ -85,6 +85,7 @@ pub struct Tombstone {
 impl Tombstone {
     pub fn applies_to(&self, segment: &SegmentMeta) -> bool {
         segment.max_seq < self.seq
+            && segment.deletes_applied < self.seq
             && segment.max_time >= self.predicate.min_time
             && segment.min_time <= self.predicate.max_time
     }

@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::lineproto::{LineError, parse_lines};
 use crate::precision::Precision;
 use crate::retire::{Pins, SegmentPin};
+use crate::segment::SegmentError;
 use crate::validate::{TableBatch, validate};
 use crate::wal::{self, Wal, WalEntry};
 use crate::{paths, segment};
@@ -123,7 +124,7 @@ pub struct Engine {
     catalog_stale: AtomicBool,
     /// The oldest delete whose tombstone is not in the catalog file yet: WAL files from it
     /// on must stay.
-    unpersisted_delete: Arc<Mutex<Option<u64>>>,
+    unpersisted_delete: Arc<Mutex<Option<PendingDeletes>>>,
     _lock: File,
 }
 
@@ -157,7 +158,7 @@ impl Engine {
         let lock = lock_data_dir(&dir)?;
         let mut catalog = Catalog::load(&dir)?;
         remove_orphans(&dir, &catalog);
-        let quarantined = quarantine_damaged_segments(&dir, &mut catalog);
+        let quarantined = quarantine_damaged_segments(&dir, &mut catalog)?;
 
         let window = i64::try_from(config.window.as_nanos())
             .unwrap_or(i64::MAX)
@@ -210,7 +211,22 @@ impl Engine {
                 "replayed the write-ahead log"
             );
         }
-        let last_seq = stats.last_seq.max(max_segment_seq).max(buffer.last_seq());
+        // Sequence numbers never go back: not below anything the WAL, the segments, the
+        // tombstones or the catalog's high-water mark have seen.
+        let max_tombstone_seq = catalog
+            .databases
+            .values()
+            .flat_map(|d| d.tables.values())
+            .flat_map(|t| t.tombstones.iter())
+            .map(|t| t.seq)
+            .max()
+            .unwrap_or(0);
+        let last_seq = stats
+            .last_seq
+            .max(max_segment_seq)
+            .max(buffer.last_seq())
+            .max(max_tombstone_seq)
+            .max(catalog.last_seq);
         buffer.set_last_seq(last_seq);
 
         let buffer = Arc::new(RwLock::new(buffer));
@@ -234,10 +250,12 @@ impl Engine {
                 let mut catalog = sink_catalog.write().expect("catalog lock");
                 let mut buffer = sink_buffer.write().expect("buffer lock");
                 apply_delete(&mut catalog, &mut buffer, seq, &db, &table, predicate);
-                sink_unpersisted
-                    .lock()
-                    .expect("delete lock")
-                    .get_or_insert(seq);
+                let mut pending = sink_unpersisted.lock().expect("delete lock");
+                let range = pending.get_or_insert(PendingDeletes {
+                    oldest: seq,
+                    newest: seq,
+                });
+                range.newest = seq;
             }
         });
         let wal = Wal::open(&dir, last_seq + 1, config.wal.clone(), sink)?;
@@ -595,6 +613,7 @@ impl Engine {
                     bytes: info.bytes,
                     path: rel_path,
                     max_seq,
+                    deletes_applied: 0,
                 });
             }
             buffer.remove_persisted(key, max_seq);
@@ -610,15 +629,20 @@ impl Engine {
         let (snapshot, covers_delete) = {
             let mut catalog = self.catalog.write().expect("catalog lock");
             catalog.version += 1;
+            let applied = self.buffer.read().expect("buffer lock").last_seq();
+            catalog.last_seq = catalog.last_seq.max(applied);
             // Deletes are applied under the catalog lock: this copy holds every tombstone.
             let pending = *self.unpersisted_delete.lock().expect("delete lock");
             (catalog.clone(), pending)
         };
         let result = snapshot.persist(&self.config.data_dir);
-        if result.is_ok() && covers_delete.is_some() {
+        if let (Ok(()), Some(covered)) = (&result, covers_delete) {
             let mut pending = self.unpersisted_delete.lock().expect("delete lock");
-            if *pending == covers_delete {
-                *pending = None;
+            match pending.as_mut() {
+                Some(range) if range.newest == covered.newest => *pending = None,
+                // Deletes applied since the copy was taken are not on disk yet.
+                Some(range) => range.oldest = covered.newest + 1,
+                None => {}
             }
         }
         // Until a catalog write succeeds, segments it would list are unknown on disk: the
@@ -628,6 +652,9 @@ impl Engine {
     }
 
     fn remove_persisted_wal(&self) -> Result<()> {
+        // A persist between dropping its rows from the buffer and writing the catalog has
+        // moved `min_unpersisted_seq` past rows the catalog file does not list yet.
+        let _guard = self.persist_lock.lock().expect("persist lock");
         if self.catalog_stale.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -641,7 +668,7 @@ impl Engine {
             .unpersisted_delete
             .lock()
             .expect("delete lock")
-            .unwrap_or(u64::MAX);
+            .map_or(u64::MAX, |range| range.oldest);
         self.wal.remove_persisted(below.min(pending_delete))?;
         Ok(())
     }
@@ -713,6 +740,13 @@ impl Drop for Engine {
     }
 }
 
+/// Deletes applied but whose tombstones may not be in the catalog file yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PendingDeletes {
+    oldest: u64,
+    newest: u64,
+}
+
 /// Applies a durable delete: drops matching buffered rows and records a tombstone for the
 /// table's segments. Idempotent (replay may apply a delete the catalog already has).
 fn apply_delete(
@@ -727,8 +761,10 @@ fn apply_delete(
     let Some(def) = catalog.table_mut(db, table) else {
         return;
     };
-    if def.segments.iter().any(|s| s.max_seq < seq) && !def.tombstones.iter().any(|t| t.seq == seq)
-    {
+    // Recorded even when the table has no segment yet: a persist in flight may be about to
+    // add one with rows from before the delete. Compaction drops tombstones that apply to
+    // no segment.
+    if !def.tombstones.iter().any(|t| t.seq == seq) {
         def.tombstones.push(Tombstone { seq, predicate });
     }
 }
@@ -776,28 +812,44 @@ fn merge_schema(catalog: &mut Catalog, db: &str, batch: &TableBatch) {
     }
 }
 
-/// Sets aside segments that are missing or whose Parquet footer does not read, so that the
-/// rest of the data stays readable. Each is logged with its path; a damaged file is renamed
-/// `*.corrupt` for inspection. Returns how many segments were set aside.
-fn quarantine_damaged_segments(dir: &Path, catalog: &mut Catalog) -> usize {
-    let mut count = 0;
-    for db in catalog.databases.values_mut() {
-        for table in db.tables.values_mut() {
-            table.segments.retain(|s| {
+/// Sets aside segments that are missing or whose Parquet footer does not decode, so that
+/// the rest of the data stays readable. Each is logged with its path; a damaged file moves
+/// to `quarantine/` for inspection. Any other I/O error fails the open: a passing problem
+/// (permissions, too many open files) must not drop data. Returns how many were set aside.
+fn quarantine_damaged_segments(dir: &Path, catalog: &mut Catalog) -> Result<usize> {
+    let mut set_aside = Vec::new();
+    for db in catalog.databases.values() {
+        for table in db.tables.values() {
+            for s in &table.segments {
                 let path = dir.join(&s.path);
-                let Err(error) = segment::check(&path) else { return true };
-                count += 1;
-                let target = path.with_extension("parquet.corrupt");
-                if path.exists() && std::fs::rename(&path, &target).is_ok() {
-                    tracing::error!(%error, moved_to = %target.display(), rows = s.rows, "segment is damaged; set aside");
-                } else {
-                    tracing::error!(%error, rows = s.rows, "segment is missing; dropped from the catalog");
+                match segment::check(&path) {
+                    Ok(()) => {}
+                    Err(SegmentError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        tracing::error!(file = %path.display(), rows = s.rows, "segment is missing; dropped from the catalog");
+                        set_aside.push(s.id);
+                    }
+                    Err(error @ SegmentError::Parquet { .. }) => {
+                        let target = dir.join(paths::QUARANTINE_DIR).join(&s.path);
+                        if let Some(parent) = target.parent() {
+                            paths::create_dir_all_durable(parent).map_err(io_error(parent))?;
+                        }
+                        std::fs::rename(&path, &target).map_err(io_error(&path))?;
+                        tracing::error!(%error, moved_to = %target.display(), rows = s.rows, "segment is damaged; set aside");
+                        set_aside.push(s.id);
+                    }
+                    Err(error) => return Err(error.into()),
                 }
-                false
-            });
+            }
         }
     }
-    count
+    for db in catalog.databases.values_mut() {
+        for table in db.tables.values_mut() {
+            table.segments.retain(|s| !set_aside.contains(&s.id));
+        }
+    }
+    Ok(set_aside.len())
 }
 
 /// Takes the data directory's OS lock, recording this process's id in it.

@@ -6,6 +6,7 @@
 //!   catalog.json                           the catalog, replaced atomically
 //!   wal/00000000000000000001.wal           WAL files, named by their first sequence number
 //!   segments/<db>-<id>/<table>-<id>/<window>/00000000000000000042.parquet
+//!   quarantine/...                         damaged files set aside, same relative paths
 //! ```
 //! Sequence numbers are zero-padded to 20 digits so that files sort in order.
 
@@ -17,6 +18,8 @@ pub const LOCK_FILE: &str = "LOCK";
 pub const CATALOG_FILE: &str = "catalog.json";
 pub const WAL_DIR: &str = "wal";
 pub const SEGMENTS_DIR: &str = "segments";
+/// Damaged files set aside for inspection; nothing reads or removes them.
+pub const QUARANTINE_DIR: &str = "quarantine";
 const WAL_EXTENSION: &str = "wal";
 
 pub fn lock_file(data_dir: &Path) -> PathBuf {

@@ -39,6 +39,8 @@ pub enum WalError {
         path: String,
         source: format::FormatError,
     },
+    #[error("a write of {0} bytes is larger than a WAL record can be ({max} bytes); split it", max = format::MAX_PAYLOAD_LEN)]
+    TooLarge(usize),
     #[error("the WAL is closed")]
     Closed,
 }
@@ -311,6 +313,10 @@ impl Wal {
     pub fn append(&self, entry: WalEntry) -> Pending {
         let payload = format::encode_entry(&entry);
         let (reply, rx) = oneshot::channel();
+        if payload.len() > format::MAX_PAYLOAD_LEN {
+            let _ = reply.send(Err(Arc::new(WalError::TooLarge(payload.len()))));
+            return Pending(rx);
+        }
         let sent = match self.tx.lock().expect("wal lock").as_ref() {
             Some(tx) => tx
                 .send(Request {

@@ -57,6 +57,9 @@ pub struct ParsedLine<'a> {
     pub timestamp: Option<i64>,
     /// The line as it appeared in the body (without the line terminator).
     pub raw: &'a str,
+    /// The series key as written: measurement and tags, escapes and all. Two lines with
+    /// the same series text have the same measurement and tag set.
+    pub series: &'a str,
 }
 
 /// A rejected line: where, what, and the line itself.
@@ -182,6 +185,7 @@ impl<'a> Parser<'a> {
         while matches!(self.peek(), Some(b' ' | b'\t')) {
             self.pos += 1;
         }
+        let series_start = self.pos;
         let measurement = self.element(|b| b == b',' || b == b' ', MEASUREMENT_ESCAPES);
         if measurement.is_empty() {
             return self.fail("missing measurement");
@@ -207,6 +211,7 @@ impl<'a> Parser<'a> {
             }
             tags.push((key, value));
         }
+        let series = &self.line[series_start..self.pos];
         if self.peek() != Some(b' ') {
             return match self.peek() {
                 None => self.fail("missing fields"),
@@ -250,6 +255,7 @@ impl<'a> Parser<'a> {
             fields,
             timestamp,
             raw: self.line,
+            series,
         })
     }
 

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, StringDictionaryBuilder,
-    TimestampNanosecondBuilder, UInt64Builder,
+    ArrayRef, BooleanBuilder, DictionaryArray, Float64Builder, Int32Builder, Int64Builder,
+    StringBuilder, TimestampNanosecondBuilder, UInt64Builder,
 };
 use arrow::datatypes::{Int32Type, Schema};
 use arrow::record_batch::RecordBatch;
@@ -94,7 +94,7 @@ pub fn validate<'a>(
                 }
             };
             for line in lines {
-                if check_line(&mut Resolver::new(table), line, precision).is_ok() {
+                if check_line(&mut Resolver::new(table), line, precision, true).is_ok() {
                     add_new_columns(table, line);
                 }
             }
@@ -115,7 +115,8 @@ pub fn validate<'a>(
         let mut builder = BatchBuilder::new(table, lines.len());
         let mut columns = Resolver::new(table);
         for line in &lines {
-            match check_line(&mut columns, line, precision) {
+            let check_tags = !builder.knows_series(line.series);
+            match check_line(&mut columns, line, precision, check_tags) {
                 Ok(ts) => {
                     let ts = ts.unwrap_or(now_ns);
                     if cutoff.is_some_and(|c| ts < c) {
@@ -217,14 +218,21 @@ fn add_new_columns(table: &mut TableDef, line: &ParsedLine<'_>) {
 
 /// Checks a line against its table; returns its timestamp in nanoseconds.
 /// Columns the table does not have yet are accepted (the caller adds them).
+/// `check_tags` is false for a series already checked in this batch: same text, same tags.
 fn check_line(
     columns: &mut Resolver<'_>,
     line: &ParsedLine<'_>,
     precision: Precision,
+    check_tags: bool,
 ) -> Result<Option<i64>, String> {
     let table = columns.table;
+    let tags = if check_tags {
+        line.tags.as_slice()
+    } else {
+        &[]
+    };
     // Every table has a `time` column, so a key named `time` resolves to it.
-    for (position, (key, _)) in line.tags.iter().enumerate() {
+    for (position, (key, _)) in tags.iter().enumerate() {
         match columns.column_type(key, true, position) {
             None | Some(ColumnType::Tag) => {}
             Some(ColumnType::Time) => {
@@ -275,8 +283,8 @@ fn check_line(
     }
 }
 
-enum ColumnBuilder {
-    Tag(StringDictionaryBuilder<Int32Type>),
+enum ColumnBuilder<'l> {
+    Tag(TagBuilder<'l>),
     Float(Float64Builder),
     Integer(Int64Builder),
     UInteger(UInt64Builder),
@@ -284,15 +292,11 @@ enum ColumnBuilder {
     Boolean(BooleanBuilder),
 }
 
-impl ColumnBuilder {
+impl<'l> ColumnBuilder<'l> {
     /// A builder sized for `rows` rows, so that small writes do not carry large buffers.
-    fn new(column_type: ColumnType, rows: usize) -> ColumnBuilder {
+    fn new(column_type: ColumnType, rows: usize) -> ColumnBuilder<'l> {
         match column_type {
-            ColumnType::Tag => ColumnBuilder::Tag(StringDictionaryBuilder::with_capacity(
-                rows,
-                rows.min(64),
-                rows.min(64) * 16,
-            )),
+            ColumnType::Tag => ColumnBuilder::Tag(TagBuilder::with_capacity(rows)),
             ColumnType::Float => ColumnBuilder::Float(Float64Builder::with_capacity(rows)),
             ColumnType::Integer => ColumnBuilder::Integer(Int64Builder::with_capacity(rows)),
             ColumnType::UInteger => ColumnBuilder::UInteger(UInt64Builder::with_capacity(rows)),
@@ -328,7 +332,7 @@ impl ColumnBuilder {
 
     fn finish(&mut self) -> ArrayRef {
         match self {
-            ColumnBuilder::Tag(b) => Arc::new(b.finish()),
+            ColumnBuilder::Tag(b) => b.finish(),
             ColumnBuilder::Float(b) => Arc::new(b.finish()),
             ColumnBuilder::Integer(b) => Arc::new(b.finish()),
             ColumnBuilder::UInteger(b) => Arc::new(b.finish()),
@@ -338,12 +342,62 @@ impl ColumnBuilder {
     }
 }
 
+/// A dictionary-encoded tag column that can take a key it handed out before, so that a
+/// series seen earlier in the batch costs no hashing per tag (arrow's dictionary builder
+/// hashes every value it is given).
+struct TagBuilder<'l> {
+    keys: Int32Builder,
+    values: StringBuilder,
+    index: HashMap<&'l str, i32, ahash::RandomState>,
+}
+
+impl<'l> TagBuilder<'l> {
+    fn with_capacity(rows: usize) -> Self {
+        TagBuilder {
+            keys: Int32Builder::with_capacity(rows),
+            values: StringBuilder::new(),
+            index: HashMap::default(),
+        }
+    }
+
+    /// Appends `value`, returning its key.
+    fn append(&mut self, value: &'l str) -> i32 {
+        let next = self.index.len() as i32;
+        let key = *self.index.entry(value).or_insert_with(|| {
+            self.values.append_value(value);
+            next
+        });
+        self.keys.append_value(key);
+        key
+    }
+
+    fn append_key(&mut self, key: i32) {
+        self.keys.append_value(key);
+    }
+
+    fn append_null(&mut self) {
+        self.keys.append_null();
+    }
+
+    fn len(&self) -> usize {
+        arrow::array::ArrayBuilder::len(&self.keys)
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        let keys = self.keys.finish();
+        let values = Arc::new(self.values.finish());
+        Arc::new(DictionaryArray::<Int32Type>::try_new(keys, values).expect("keys index values"))
+    }
+}
+
 /// Builds one table's batch row by row, finding each key's column through the [`Resolver`]
 /// that has just checked the line.
-struct BatchBuilder<'t> {
+struct BatchBuilder<'t, 'l> {
     table: &'t TableDef,
     /// Column slots, created on first use, in order of first use.
-    slots: Vec<(&'t str, ColumnBuilder)>,
+    slots: Vec<(&'t str, ColumnBuilder<'l>)>,
+    /// Series seen in this batch: the (slot, dictionary key) of each of its tags.
+    series: HashMap<&'l str, Vec<(usize, i32)>, ahash::RandomState>,
     /// Slot of each table column (by index in `table.columns`), `usize::MAX` if unused.
     slot_of_column: Vec<usize>,
     time: TimestampNanosecondBuilder,
@@ -352,12 +406,14 @@ struct BatchBuilder<'t> {
     capacity: usize,
 }
 
-impl<'t> BatchBuilder<'t> {
+impl<'t, 'l> BatchBuilder<'t, 'l> {
     fn new(table: &'t TableDef, capacity: usize) -> Self {
+        // (Series are keyed by their text, borrowed from the body like every tag value.)
         BatchBuilder {
             capacity,
             table,
             slots: Vec::new(),
+            series: HashMap::default(),
             slot_of_column: vec![usize::MAX; table.columns.len()],
             time: TimestampNanosecondBuilder::with_capacity(capacity),
             rows: 0,
@@ -381,15 +437,31 @@ impl<'t> BatchBuilder<'t> {
     }
 
     /// Appends a line that `columns` has just checked (so it knows every key's column).
-    fn append(&mut self, line: &ParsedLine<'_>, ts: i64, columns: &Resolver<'_>) {
-        for (position, (_, value)) in line.tags.iter().enumerate() {
-            let slot = self.slot(columns.tags[position]);
-            match &mut self.slots[slot].1 {
-                ColumnBuilder::Tag(b) => {
-                    b.append_value(value);
+    /// Whether a line of this series was appended before (its tags need no checking).
+    fn knows_series(&self, series: &str) -> bool {
+        self.series.contains_key(series)
+    }
+
+    /// Appends a line that `columns` has just checked (so it knows every key's column);
+    /// for a series seen before, only its fields.
+    fn append(&mut self, line: &'l ParsedLine<'l>, ts: i64, columns: &Resolver<'_>) {
+        if let Some(tags) = self.series.get(line.series) {
+            for &(slot, key) in tags {
+                match &mut self.slots[slot].1 {
+                    ColumnBuilder::Tag(b) => b.append_key(key),
+                    _ => unreachable!("series tags are tag slots"),
                 }
-                _ => unreachable!("types were checked against the catalog"),
             }
+        } else {
+            let mut tags = Vec::with_capacity(line.tags.len());
+            for (position, (_, value)) in line.tags.iter().enumerate() {
+                let slot = self.slot(columns.tags[position]);
+                match &mut self.slots[slot].1 {
+                    ColumnBuilder::Tag(b) => tags.push((slot, b.append(value))),
+                    _ => unreachable!("types were checked against the catalog"),
+                }
+            }
+            self.series.insert(line.series, tags);
         }
         for (position, (_, value)) in line.fields.iter().enumerate() {
             let slot = self.slot(columns.fields[position]);
@@ -426,7 +498,7 @@ impl<'t> BatchBuilder<'t> {
     }
 }
 
-fn builder_len(builder: &ColumnBuilder) -> usize {
+fn builder_len(builder: &ColumnBuilder<'_>) -> usize {
     use arrow::array::ArrayBuilder;
     match builder {
         ColumnBuilder::Tag(b) => b.len(),

@@ -106,3 +106,42 @@ fn parse_errors_are_reported_in_line_order() {
     let lines: Vec<usize> = w.errors.iter().map(|e| e.line_number).collect();
     assert_eq!(lines, [2, 3, 4]);
 }
+
+#[test]
+fn repeated_series_reuse_their_dictionary_keys() {
+    let catalog = RwLock::new(Catalog::default());
+    let body = "cpu,host=a,dc=x u=1 1\ncpu,host=b u=2 1\ncpu,host=a,dc=x u=3 2\n\
+                cpu,dc=x,host=a u=4 3\ncpu,host=b u=5i 4\ncpu,host=b u=6 5\ncpu,host=a,dc=x u=7 6";
+    let w = write(&catalog, body);
+    assert_eq!(w.rows, 6);
+    assert_eq!(
+        w.errors.len(),
+        1,
+        "a known series still has its fields checked"
+    );
+    assert_eq!(
+        pretty_format_batches(std::slice::from_ref(&w.tables[0].batch))
+            .unwrap()
+            .to_string(),
+        "+----+------+-----+---------------------+\n\
+         | dc | host | u   | time                |\n\
+         +----+------+-----+---------------------+\n\
+         | x  | a    | 1.0 | 1970-01-01T00:00:01 |\n\
+         |    | b    | 2.0 | 1970-01-01T00:00:01 |\n\
+         | x  | a    | 3.0 | 1970-01-01T00:00:02 |\n\
+         | x  | a    | 4.0 | 1970-01-01T00:00:03 |\n\
+         |    | b    | 6.0 | 1970-01-01T00:00:05 |\n\
+         | x  | a    | 7.0 | 1970-01-01T00:00:06 |\n\
+         +----+------+-----+---------------------+"
+    );
+    let host = w.tables[0].batch.column_by_name("host").unwrap();
+    let host = host
+        .as_any()
+        .downcast_ref::<arrow::array::DictionaryArray<arrow::datatypes::Int32Type>>()
+        .unwrap();
+    assert_eq!(
+        host.values().len(),
+        2,
+        "each distinct tag value is stored once"
+    );
+}

@@ -47,7 +47,7 @@ fn main() {
         bytes as f64 / 1e6
     );
     println!(
-        "{:>8} {:>12} {:>9} {:>8} {:>14} {:>10} {:>10} {:>12}",
+        "{:>8} {:>12} {:>9} {:>8} {:>14} {:>10} {:>10} {:>10} {:>12}",
         "writers",
         "rows/s",
         "MB/s",
@@ -55,6 +55,7 @@ fn main() {
         "mean fsync ms",
         "ack p50 ms",
         "ack p99 ms",
+        "buffer",
         "peak RSS"
     );
     // This machine is shared and noisy: run each configuration several times.
@@ -98,13 +99,14 @@ fn main() {
             |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
         let wal = engine.wal_stats();
         println!(
-            "{writers:>8} {:>12.0} {:>9.1} {:>8} {:>14.2} {:>10.1} {:>10.1} {:>8.0} MiB",
+            "{writers:>8} {:>12.0} {:>9.1} {:>8} {:>14.2} {:>10.1} {:>10.1} {:>6.0} MiB {:>8.0} MiB",
             rows as f64 / secs,
             bytes as f64 / secs / 1e6,
             wal.fsyncs,
             wal.fsync_nanos_total as f64 / wal.fsyncs.max(1) as f64 / 1e6,
             pct(0.5),
             pct(0.99),
+            engine.buffer_stats().bytes as f64 / (1 << 20) as f64,
             peak_rss_mib()
         );
         if writers == 16 {

@@ -1,27 +1,34 @@
 //! Gannet: an embedded time-series analytics database.
 //!
 //! Events arrive as InfluxDB line protocol, are made durable in a write-ahead log, buffered
-//! as Arrow, and flushed to Parquet segments. This crate is the facade: open a data
-//! directory, write, read, close. The servers (Postgres wire, HTTP) and SQL build on it.
+//! as Arrow, flushed to Parquet segments, and queried with SQL (Apache DataFusion). This
+//! crate is the facade: open a data directory, write, query, close. It re-exports the
+//! `arrow` and `datafusion` it is built with.
 //!
 //! ```
 //! use gannet::{Gannet, Precision};
 //!
-//! let dir = tempfile::tempdir()?;
-//! let db = Gannet::open(dir.path())?;
-//! let outcome = db.write_lp("metrics", "cpu,host=a usage=0.5 1700000000000000000", Precision::Nanosecond)?;
-//! assert_eq!(outcome.rows, 1);
-//! let cpu = db.read_table("metrics", "cpu")?.expect("the write created the table");
-//! println!("{}", gannet::arrow::util::pretty::pretty_format_batches(&[cpu])?);
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let dir = dir.path();
+//! let db = Gannet::open(dir)?;
+//! db.write_lp("metrics", "cpu,host=a usage=0.5 1700000000000000000", Precision::Nanosecond)?;
+//! let batches: Vec<gannet::arrow::record_batch::RecordBatch> =
+//!     db.sql("metrics", "SELECT host, avg(usage) FROM cpu GROUP BY host").await?;
+//! println!("{}", gannet::arrow::util::pretty::pretty_format_batches(&batches)?);
 //! db.close()?;
-//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # Ok(())
+//! # }
 //! ```
 
 use std::path::Path;
 use std::sync::Arc;
 
 pub use arrow;
+pub use gannet_query::datafusion;
 pub use gannet_storage as storage;
+pub use gannet_storage::DeletePredicate;
 pub use gannet_storage::{EngineConfig, LineError, Precision, TableSnapshot, WriteOutcome};
 
 use arrow::record_batch::RecordBatch;
@@ -32,6 +39,8 @@ use gannet_storage::Engine;
 pub enum Error {
     #[error(transparent)]
     Storage(#[from] gannet_storage::Error),
+    #[error(transparent)]
+    Query(#[from] gannet_query::QueryError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -90,6 +99,18 @@ impl Gannet {
             Some(snapshot) => Ok(Some(snapshot.read_all()?)),
             None => Ok(None),
         }
+    }
+
+    /// Runs one SQL statement with `db` as the default schema and collects the result.
+    pub async fn sql(&self, db: &str, sql: &str) -> Result<Vec<RecordBatch>> {
+        let query = gannet_query::QueryEngine::new(self.handle.engine.clone());
+        Ok(query.sql(db, sql).await?)
+    }
+
+    /// Deletes the rows of `db.table` that `predicate` matches; durable on return.
+    pub fn delete(&self, db: &str, table: &str, predicate: DeletePredicate) -> Result<()> {
+        self.handle.engine.delete(db, table, predicate)?;
+        Ok(())
     }
 
     /// Persists everything buffered to Parquet segments.

@@ -17,6 +17,8 @@ struct Args {
 enum Command {
     /// Bulk-load line-protocol files (plain or .gz) into a database.
     Import(cli::import::ImportArgs),
+    /// Run one SQL query against a data directory and print the result.
+    Sql(cli::sql::SqlArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -28,5 +30,6 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Args::parse().command {
         Command::Import(args) => cli::import::run(args),
+        Command::Sql(args) => cli::sql::run(args),
     }
 }

@@ -3,3 +3,4 @@
 mod crash;
 mod import;
 mod parquet_readers;
+mod sql_cli;

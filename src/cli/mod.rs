@@ -1,3 +1,4 @@
 //! Subcommands of the `gannet` binary.
 
 pub mod import;
+pub mod sql;

@@ -86,11 +86,11 @@ pub struct WalStats {
 pub struct Pending(oneshot::Receiver<Result<u64, Arc<WalError>>>);
 
 impl Pending {
-    /// Blocks until the record is durable. Do not call from an async context.
+    /// Blocks the calling thread until the record is durable. Safe to call anywhere,
+    /// including on a tokio worker thread (it blocks that thread for one group commit);
+    /// async code should prefer [`Pending::wait_async`].
     pub fn wait(self) -> Result<u64, Arc<WalError>> {
-        self.0
-            .blocking_recv()
-            .unwrap_or(Err(Arc::new(WalError::Closed)))
+        futures::executor::block_on(self.0).unwrap_or(Err(Arc::new(WalError::Closed)))
     }
 
     /// Waits asynchronously until the record is durable.

@@ -198,3 +198,12 @@ fn appending_after_close_fails_cleanly() {
     let err = wal.append(entry("m v=1 1")).wait().unwrap_err();
     assert!(matches!(*err, WalError::Closed));
 }
+
+#[tokio::test]
+async fn waiting_inside_an_async_runtime_does_not_panic() {
+    // Embedding programs call the blocking write API from async code.
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path(), 1, WalConfig::default());
+    assert_eq!(wal.append(entry("m v=1 1")).wait().unwrap(), 1);
+    assert_eq!(wal.append(entry("m v=2 2")).wait_async().await.unwrap(), 2);
+}

@@ -137,6 +137,30 @@ pub struct SegmentMeta {
     pub deletes_applied: u64,
 }
 
+impl SegmentMeta {
+    /// The catalog entry of a segment file just written.
+    pub fn written(
+        id: SegmentId,
+        window_start: i64,
+        path: String,
+        info: crate::segment::SegmentInfo,
+        max_seq: u64,
+        deletes_applied: u64,
+    ) -> SegmentMeta {
+        SegmentMeta {
+            id,
+            window_start,
+            min_time: info.min_time,
+            max_time: info.max_time,
+            rows: info.rows,
+            bytes: info.bytes,
+            path,
+            max_seq,
+            deletes_applied,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ColumnDef {
     pub name: String,

@@ -164,17 +164,14 @@ impl Engine {
             let old: Vec<_> = plan.segments.iter().map(|s| s.id).collect();
             table.segments.retain(|s| !old.contains(&s.id));
             if let Some(info) = info {
-                table.segments.push(SegmentMeta {
+                table.segments.push(SegmentMeta::written(
                     id,
-                    window_start: plan.window_start,
-                    min_time: info.min_time,
-                    max_time: info.max_time,
-                    rows: info.rows,
-                    bytes: info.bytes,
-                    path: rel_path,
+                    plan.window_start,
+                    rel_path,
+                    info,
                     max_seq,
                     deletes_applied,
-                });
+                ));
             }
             // The plan's tombstones are carried out: keep only those that still hide rows.
             let segments = &table.segments;

@@ -119,9 +119,8 @@ fn take_all<'a>(
 mod tests {
     use super::*;
     use crate::catalog::Catalog;
-    use crate::lineproto::parse_lines;
     use crate::precision::Precision;
-    use crate::validate::validate;
+    use crate::validate::test_write;
     use arrow::util::pretty::pretty_format_batches;
     use std::sync::RwLock;
 
@@ -129,15 +128,7 @@ mod tests {
         let catalog = RwLock::new(Catalog::default());
         let mut out = Vec::new();
         for body in bodies {
-            let w = validate(
-                &catalog,
-                "db",
-                parse_lines(body.as_bytes()),
-                Precision::Second,
-                0,
-            )
-            .unwrap();
-            assert!(w.errors.is_empty(), "{:?}", w.errors);
+            let w = test_write(&catalog, body, Precision::Second);
             out.extend(w.tables.into_iter().map(|t| t.batch));
         }
         let schema = catalog.read().unwrap().table("db", "m").unwrap().schema();

@@ -132,21 +132,13 @@ pub fn remove_rows(batches: Vec<RecordBatch>, deleted: &RoaringBitmap) -> Vec<Re
 mod tests {
     use super::*;
     use crate::catalog::Catalog;
-    use crate::lineproto::parse_lines;
     use crate::precision::Precision;
-    use crate::validate::validate;
+    use crate::validate::test_write;
     use std::sync::RwLock;
 
     fn batch(body: &str) -> RecordBatch {
         let catalog = RwLock::new(Catalog::default());
-        let w = validate(
-            &catalog,
-            "db",
-            parse_lines(body.as_bytes()),
-            Precision::Nanosecond,
-            0,
-        )
-        .unwrap();
+        let w = test_write(&catalog, body, Precision::Nanosecond);
         w.tables.into_iter().next().unwrap().batch
     }
 

@@ -604,17 +604,9 @@ impl Engine {
             let mut catalog = self.catalog.write().expect("catalog lock");
             let mut buffer = self.buffer.write().expect("buffer lock");
             if let Some(table) = catalog.table_mut(&key.db, &key.table) {
-                table.segments.push(SegmentMeta {
-                    id: segment_id,
-                    window_start: key.window_start,
-                    min_time: info.min_time,
-                    max_time: info.max_time,
-                    rows: info.rows,
-                    bytes: info.bytes,
-                    path: rel_path,
-                    max_seq,
-                    deletes_applied: 0,
-                });
+                let meta =
+                    SegmentMeta::written(segment_id, key.window_start, rel_path, info, max_seq, 0);
+                table.segments.push(meta);
             }
             buffer.remove_persisted(key, max_seq);
         }

@@ -148,6 +148,20 @@ pub fn validate<'a>(
     })
 }
 
+/// Validates `body` into database `db` with timestamps in `precision`, for tests that need
+/// batches as a write makes them. Panics on any rejected line.
+#[cfg(test)]
+pub(crate) fn test_write(
+    catalog: &RwLock<Catalog>,
+    body: &str,
+    precision: Precision,
+) -> ValidatedWrite {
+    let lines = crate::lineproto::parse_lines(body.as_bytes());
+    let write = validate(catalog, "db", lines, precision, 0).expect("valid names");
+    assert!(write.errors.is_empty(), "{:?}", write.errors);
+    write
+}
+
 fn line_error(line: &ParsedLine<'_>, message: String) -> LineError {
     LineError {
         line_number: line.line_number,

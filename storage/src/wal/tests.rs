@@ -1,20 +1,11 @@
 use super::*;
 use crate::catalog::Catalog;
-use crate::lineproto::parse_lines;
 use crate::precision::Precision;
-use crate::validate::validate;
 use std::sync::RwLock;
 
 fn entry(body: &str) -> WalEntry {
     let catalog = RwLock::new(Catalog::default());
-    let w = validate(
-        &catalog,
-        "db",
-        parse_lines(body.as_bytes()),
-        Precision::Second,
-        0,
-    )
-    .unwrap();
+    let w = crate::validate::test_write(&catalog, body, Precision::Second);
     WalEntry::Write {
         db: w.db,
         tables: w.tables,

@@ -62,6 +62,43 @@ pub struct ParsedLine<'a> {
     pub series: &'a str,
 }
 
+impl ParsedLine<'_> {
+    /// The point written out as line protocol, escaped so that parsing it gives the same
+    /// measurement, tags, fields and timestamp back.
+    pub fn to_line_protocol(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::with_capacity(self.raw.len().max(64));
+        escape_into(&mut s, &self.measurement, Element::Measurement);
+        for (k, v) in &self.tags {
+            s.push(',');
+            escape_into(&mut s, k, Element::Key);
+            s.push('=');
+            escape_into(&mut s, v, Element::Key);
+        }
+        for (i, (k, v)) in self.fields.iter().enumerate() {
+            s.push(if i == 0 { ' ' } else { ',' });
+            escape_into(&mut s, k, Element::Key);
+            s.push('=');
+            let _ = match v {
+                FieldValue::Float(f) => write!(s, "{f:?}"),
+                FieldValue::Integer(n) => write!(s, "{n}i"),
+                FieldValue::UInteger(n) => write!(s, "{n}u"),
+                FieldValue::Boolean(b) => write!(s, "{b}"),
+                FieldValue::String(v) => {
+                    s.push('"');
+                    escape_into(&mut s, v, Element::StringValue);
+                    s.push('"');
+                    Ok(())
+                }
+            };
+        }
+        if let Some(ts) = self.timestamp {
+            let _ = write!(s, " {ts}");
+        }
+        s
+    }
+}
+
 /// A rejected line: where, what, and the line itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineError {

@@ -205,34 +205,24 @@ fn point() -> impl Strategy<Value = Point> {
 }
 
 fn to_line(p: &Point) -> String {
-    let mut s = String::new();
-    escape_into(&mut s, &p.measurement, Element::Measurement);
-    for (k, v) in &p.tags {
-        s.push(',');
-        escape_into(&mut s, k, Element::Key);
-        s.push('=');
-        escape_into(&mut s, v, Element::Key);
-    }
-    for (i, (k, v)) in p.fields.iter().enumerate() {
-        s.push(if i == 0 { ' ' } else { ',' });
-        escape_into(&mut s, k, Element::Key);
-        s.push('=');
-        match v {
-            FieldValue::Float(f) => s.push_str(&format!("{f:?}")),
-            FieldValue::Integer(i) => s.push_str(&format!("{i}i")),
-            FieldValue::UInteger(u) => s.push_str(&format!("{u}u")),
-            FieldValue::Boolean(b) => s.push_str(if *b { "true" } else { "false" }),
-            FieldValue::String(v) => {
-                s.push('"');
-                escape_into(&mut s, v, Element::StringValue);
-                s.push('"');
-            }
-        }
-    }
-    if let Some(ts) = p.timestamp {
-        s.push_str(&format!(" {ts}"));
-    }
-    s
+    let line = ParsedLine {
+        line_number: 1,
+        measurement: Cow::Borrowed(&p.measurement),
+        tags: p
+            .tags
+            .iter()
+            .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str())))
+            .collect(),
+        fields: p
+            .fields
+            .iter()
+            .map(|(k, v)| (Cow::Borrowed(k.as_str()), v.clone()))
+            .collect(),
+        timestamp: p.timestamp,
+        raw: "",
+        series: "",
+    };
+    line.to_line_protocol()
 }
 
 proptest! {

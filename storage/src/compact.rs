@@ -191,8 +191,20 @@ impl Engine {
     }
 }
 
+/// Rows of `db.cpu` as a reader sees them, for the tests below.
+#[cfg(test)]
+fn cpu_rows(engine: &Engine) -> usize {
+    engine
+        .snapshot("db", "cpu")
+        .unwrap()
+        .read_all()
+        .unwrap()
+        .num_rows()
+}
+
 #[cfg(test)]
 mod tests {
+    use super::cpu_rows;
     use crate::{Engine, EngineConfig, Precision};
 
     #[test]
@@ -245,20 +257,13 @@ mod tests {
         assert_eq!(engine.compact().unwrap(), 0);
         engine.flush().unwrap();
         assert_eq!(engine.compact().unwrap(), 1);
-        assert_eq!(
-            engine
-                .snapshot("db", "cpu")
-                .unwrap()
-                .read_all()
-                .unwrap()
-                .num_rows(),
-            3
-        );
+        assert_eq!(cpu_rows(&engine), 3);
     }
 }
 
 #[cfg(test)]
 mod delete_tests {
+    use super::cpu_rows;
     use crate::{DeletePredicate, Engine, EngineConfig, Precision};
     use arrow::array::Array;
 
@@ -343,15 +348,7 @@ mod delete_tests {
             .write_lp("db", b"cpu,host=a v=2 2", Precision::Second)
             .unwrap();
         engine.delete("db", "cpu", DeletePredicate::all()).unwrap();
-        assert_eq!(
-            engine
-                .snapshot("db", "cpu")
-                .unwrap()
-                .read_all()
-                .unwrap()
-                .num_rows(),
-            0
-        );
+        assert_eq!(cpu_rows(&engine), 0);
         assert_eq!(engine.compact().unwrap(), 1);
         assert!(
             engine

@@ -32,6 +32,8 @@ pub use gannet_storage::DeletePredicate;
 pub use gannet_storage::{EngineConfig, LineError, Precision, TableSnapshot, WriteOutcome};
 
 use arrow::record_batch::RecordBatch;
+
+pub mod server;
 use gannet_storage::Engine;
 
 /// Errors of the Gannet facade.
@@ -101,7 +103,8 @@ impl Gannet {
         }
     }
 
-    /// Runs one SQL statement with `db` as the default schema and collects the result.
+    /// Runs one SQL statement in database `db` (its tables are in schema `public`) and
+    /// collects the result.
     pub async fn sql(&self, db: &str, sql: &str) -> Result<Vec<RecordBatch>> {
         let query = gannet_query::QueryEngine::new(self.handle.engine.clone());
         Ok(query.sql(db, sql).await?)

@@ -1,5 +1,7 @@
 //! The `gannet` command: parse flags, build the configuration, run.
 
+use std::io::IsTerminal;
+
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -15,6 +17,8 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve the Postgres wire protocol and the HTTP API on a data directory.
+    Serve(cli::serve::ServeArgs),
     /// Bulk-load line-protocol files (plain or .gz) into a database.
     Import(cli::import::ImportArgs),
     /// Run one SQL query against a data directory and print the result.
@@ -27,8 +31,10 @@ fn main() -> anyhow::Result<()> {
             EnvFilter::try_from_env("GANNET_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match Args::parse().command {
+        Command::Serve(args) => cli::serve::run(args),
         Command::Import(args) => cli::import::run(args),
         Command::Sql(args) => cli::sql::run(args),
     }

@@ -1,6 +1,11 @@
-//! Integration tests: real processes, real files, real Parquet readers.
+//! Integration tests: real processes, real files, real clients.
+
+mod support;
 
 mod crash;
+mod http_api;
 mod import;
 mod parquet_readers;
+mod pg_wire;
+mod serve;
 mod sql_cli;

@@ -1,19 +1,10 @@
 //! Segments are plain Parquet: pyarrow (installed by scripts/setup into .venv) reads them.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use gannet::{EngineConfig, Gannet, Precision};
 
-fn python() -> PathBuf {
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(
-        venv.exists(),
-        "{} is missing: run scripts/setup (scripts/test does) to install the Python test tools",
-        venv.display()
-    );
-    venv
-}
+use crate::support::python;
 
 #[test]
 fn pyarrow_reads_segments() {

@@ -1,7 +1,9 @@
-//! Gannet's catalog as DataFusion sees it: the catalog `gannet`, a schema per database, a
-//! table per measurement. Looked up live, so tables created by writes appear at once.
+//! Gannet's catalog as DataFusion sees it. A session belongs to one database, as a
+//! PostgreSQL connection does: the database is the session's catalog, and its tables live in
+//! the schema `public`. Looked up live, so tables created by writes appear at once.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
@@ -10,28 +12,56 @@ use gannet_storage::Engine;
 
 use crate::table::GannetTable;
 
+/// The schema that holds a database's tables.
+pub const TABLES_SCHEMA: &str = "public";
+
+/// One database as a DataFusion catalog: its tables, and the schemas a session adds
+/// (`pg_catalog` for the Postgres server, `system`).
 #[derive(Debug)]
-pub struct GannetCatalog {
-    engine: Arc<Engine>,
+pub struct DatabaseCatalog {
+    tables: Arc<DatabaseSchema>,
+    others: RwLock<BTreeMap<String, Arc<dyn SchemaProvider>>>,
 }
 
-impl GannetCatalog {
-    pub fn new(engine: Arc<Engine>) -> Self {
-        GannetCatalog { engine }
+impl DatabaseCatalog {
+    pub fn new(engine: Arc<Engine>, db: &str) -> Self {
+        DatabaseCatalog {
+            tables: Arc::new(DatabaseSchema {
+                engine,
+                db: db.to_owned(),
+            }),
+            others: RwLock::default(),
+        }
     }
 }
 
-impl CatalogProvider for GannetCatalog {
+impl CatalogProvider for DatabaseCatalog {
     fn schema_names(&self) -> Vec<String> {
-        self.engine.catalog().databases.keys().cloned().collect()
+        let others = self.others.read().expect("schemas lock");
+        std::iter::once(TABLES_SCHEMA.to_owned())
+            .chain(others.keys().cloned())
+            .collect()
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        self.engine.catalog().database(name)?;
-        Some(Arc::new(DatabaseSchema {
-            engine: self.engine.clone(),
-            db: name.to_owned(),
-        }))
+        if name == TABLES_SCHEMA {
+            return Some(self.tables.clone());
+        }
+        self.others.read().expect("schemas lock").get(name).cloned()
+    }
+
+    fn register_schema(
+        &self,
+        name: &str,
+        schema: Arc<dyn SchemaProvider>,
+    ) -> Result<Option<Arc<dyn SchemaProvider>>> {
+        if name == TABLES_SCHEMA {
+            return Err(datafusion::error::DataFusionError::Plan(format!(
+                "schema '{TABLES_SCHEMA}' holds the database's tables and cannot be replaced"
+            )));
+        }
+        let mut others = self.others.write().expect("schemas lock");
+        Ok(others.insert(name.to_owned(), schema))
     }
 }
 

@@ -1,9 +1,9 @@
 //! Gannet's query engine: SQL over the storage engine with Apache DataFusion.
 //!
-//! Each database is a DataFusion schema in the catalog `gannet` ([`catalog`]); each table a
-//! [`table::GannetTable`] that reads one consistent snapshot of the table (buffer and
-//! segments, last write winning). [`QueryEngine::sql`] runs a statement with the given
-//! database as the default schema.
+//! A session belongs to one database, as a PostgreSQL connection does: the database is the
+//! session's only catalog, its tables are in the schema `public` ([`catalog`]), and each table
+//! is a [`table::GannetTable`] that reads one consistent snapshot of the table (buffer and
+//! segments, last write winning). [`QueryEngine::sql`] runs a statement in one database.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -28,12 +28,10 @@ use datafusion::execution::context::{SessionConfig, SessionContext};
 use gannet_storage::Engine;
 
 pub mod catalog;
+pub mod error;
 pub mod table;
 
 pub use datafusion;
-
-/// The name of the DataFusion catalog that holds Gannet's databases.
-pub const CATALOG: &str = "gannet";
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -54,21 +52,33 @@ impl QueryEngine {
         QueryEngine { engine }
     }
 
-    /// A DataFusion session whose default schema is database `db`.
+    /// The storage engine this queries.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// A DataFusion session on database `db`: catalog `db`, tables in schema `public`.
+    /// Fails if the database does not exist.
     pub fn session(&self, db: &str) -> Result<SessionContext, QueryError> {
         if self.engine.catalog().database(db).is_none() {
             return Err(QueryError::UnknownDatabase(db.to_owned()));
         }
+        Ok(self.new_session(db))
+    }
+
+    /// A session on database `db` whether or not it exists yet: a database that does not
+    /// exist has no tables until something is written to it.
+    pub fn new_session(&self, db: &str) -> SessionContext {
         let config = SessionConfig::new()
-            .with_default_catalog_and_schema(CATALOG, db)
+            .with_default_catalog_and_schema(db, catalog::TABLES_SCHEMA)
             .with_create_default_catalog_and_schema(false)
             .with_information_schema(true);
         let ctx = SessionContext::new_with_config(config);
         ctx.register_catalog(
-            CATALOG,
-            Arc::new(catalog::GannetCatalog::new(self.engine.clone())),
+            db,
+            Arc::new(catalog::DatabaseCatalog::new(self.engine.clone(), db)),
         );
-        Ok(ctx)
+        ctx
     }
 
     /// Runs one SQL statement in database `db` and collects its result.

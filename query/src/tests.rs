@@ -90,7 +90,7 @@ async fn deleted_rows_are_not_seen() {
 }
 
 #[tokio::test]
-async fn databases_are_schemas_and_unknown_names_are_errors() {
+async fn a_session_sees_its_own_database_as_postgres_does() {
     let dir = tempfile::tempdir().unwrap();
     let engine = engine(dir.path());
     engine
@@ -101,25 +101,34 @@ async fn databases_are_schemas_and_unknown_names_are_errors() {
         .unwrap();
     let query = QueryEngine::new(engine);
     assert_eq!(
-        show(&query, "m", "SELECT free FROM other.mem").await,
+        show(&query, "m", "SELECT u FROM m.public.cpu").await,
+        "+-----+\n| u   |\n+-----+\n| 1.0 |\n+-----+"
+    );
+    assert_eq!(
+        show(&query, "other", "SELECT free FROM public.mem").await,
         "+------+\n| free |\n+------+\n| 7    |\n+------+"
     );
     let tables = show(
         &query,
         "m",
-        "SELECT table_schema, table_name FROM information_schema.tables \
-         WHERE table_catalog = 'gannet' AND table_schema <> 'information_schema' ORDER BY 1, 2",
+        "SELECT table_catalog, table_schema, table_name FROM information_schema.tables \
+         WHERE table_schema <> 'information_schema' ORDER BY 1, 2, 3",
     )
     .await;
     assert_eq!(
         tables,
-        "+--------------+------------+\n\
-         | table_schema | table_name |\n\
-         +--------------+------------+\n\
-         | m            | cpu        |\n\
-         | other        | mem        |\n\
-         +--------------+------------+"
+        "+---------------+--------------+------------+\n\
+         | table_catalog | table_schema | table_name |\n\
+         +---------------+--------------+------------+\n\
+         | m             | public       | cpu        |\n\
+         +---------------+--------------+------------+"
     );
+    let err = query
+        .sql("m", "SELECT * FROM other.public.mem")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("other"), "{err}");
 
     let err = query
         .sql("m", "SELECT * FROM nope")

@@ -1,4 +1,5 @@
 //! Subcommands of the `gannet` binary.
 
 pub mod import;
+pub mod serve;
 pub mod sql;

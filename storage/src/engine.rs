@@ -300,21 +300,24 @@ impl Engine {
     /// durable (in the fsynced WAL) and visible to readers. Rejected lines are reported in
     /// the outcome; they do not stop the others.
     pub fn write_lp(&self, db: &str, body: &[u8], precision: Precision) -> Result<WriteOutcome> {
-        let entry = self.prepare(db, body, precision)?;
-        let (rows, errors, entry) = entry;
-        let Some(entry) = entry else {
-            return Ok(WriteOutcome {
-                rows,
-                errors,
-                seq: None,
-            });
-        };
-        let seq = self.wal.append(entry).wait()?;
-        Ok(WriteOutcome {
-            rows,
-            errors,
-            seq: Some(seq),
-        })
+        self.write_lp_with(db, body, precision, true)
+    }
+
+    /// [`Engine::write_lp`], choosing what a rejected line does to the rest of the body:
+    /// with `accept_partial` the good lines are written; without it nothing is written when
+    /// any line is rejected (the outcome then reports zero rows and every rejected line).
+    pub fn write_lp_with(
+        &self,
+        db: &str,
+        body: &[u8],
+        precision: Precision,
+        accept_partial: bool,
+    ) -> Result<WriteOutcome> {
+        let (mut outcome, entry) = self.prepare(db, body, precision, accept_partial)?;
+        if let Some(entry) = entry {
+            outcome.seq = Some(self.wal.append(entry).wait()?);
+        }
+        Ok(outcome)
     }
 
     /// The asynchronous form of [`Engine::write_lp`]; parsing runs on the calling task.
@@ -324,42 +327,45 @@ impl Engine {
         body: &[u8],
         precision: Precision,
     ) -> Result<WriteOutcome> {
-        let (rows, errors, entry) = self.prepare(db, body, precision)?;
-        let Some(entry) = entry else {
-            return Ok(WriteOutcome {
-                rows,
-                errors,
-                seq: None,
-            });
-        };
-        let seq = self.wal.append(entry).wait_async().await?;
-        Ok(WriteOutcome {
-            rows,
-            errors,
-            seq: Some(seq),
-        })
+        let (mut outcome, entry) = self.prepare(db, body, precision, true)?;
+        if let Some(entry) = entry {
+            outcome.seq = Some(self.wal.append(entry).wait_async().await?);
+        }
+        Ok(outcome)
     }
 
-    #[allow(clippy::type_complexity)]
+    /// Parses and validates a body: the outcome so far and the WAL entry to append, if any.
     fn prepare(
         &self,
         db: &str,
         body: &[u8],
         precision: Precision,
-    ) -> Result<(usize, Vec<LineError>, Option<WalEntry>)> {
+        accept_partial: bool,
+    ) -> Result<(WriteOutcome, Option<WalEntry>)> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
         self.wait_for_space();
         let write = validate(&self.catalog, db, parse_lines(body), precision, now_nanos())?;
-        if write.tables.is_empty() {
-            return Ok((0, write.errors, None));
+        let rejected = !write.errors.is_empty() && !accept_partial;
+        if write.tables.is_empty() || rejected {
+            let outcome = WriteOutcome {
+                rows: 0,
+                errors: write.errors,
+                seq: None,
+            };
+            return Ok((outcome, None));
         }
+        let outcome = WriteOutcome {
+            rows: write.rows,
+            errors: write.errors,
+            seq: None,
+        };
         let entry = WalEntry::Write {
             db: write.db,
             tables: write.tables,
         };
-        Ok((write.rows, write.errors, Some(entry)))
+        Ok((outcome, Some(entry)))
     }
 
     /// Back-pressure: while the buffer is at its memory limit, wait for the flusher.

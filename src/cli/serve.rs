@@ -1,0 +1,64 @@
+//! `gannet serve`: run the Postgres and HTTP servers until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use gannet::server::{Server, ServerConfig};
+
+#[derive(Debug, Parser)]
+pub struct ServeArgs {
+    /// Data directory: write-ahead log, Parquet segments and catalog. Created if missing.
+    #[arg(long, env = "GANNET_DATA_DIR", default_value = "./gannet-data")]
+    pub data_dir: PathBuf,
+    /// Address of the Postgres wire protocol listener (psql, Grafana, drivers).
+    #[arg(long, env = "GANNET_PG_ADDR", default_value = "127.0.0.1:5433")]
+    pub pg_addr: SocketAddr,
+    /// Address of the HTTP listener (line-protocol writes, queries, /metrics).
+    #[arg(long, env = "GANNET_HTTP_ADDR", default_value = "127.0.0.1:8181")]
+    pub http_addr: SocketAddr,
+    /// Directory of ONNX models [default: <data-dir>/models].
+    #[arg(long, env = "GANNET_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// Largest HTTP request body in bytes, before and after gzip decompression.
+    #[arg(long, env = "GANNET_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Allow listening on a non-loopback address without authentication.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = ServerConfig::new(&args.data_dir);
+    config.pg_addr = args.pg_addr;
+    config.http_addr = args.http_addr;
+    if let Some(models_dir) = args.models_dir {
+        config.models_dir = models_dir;
+    }
+    config.max_body_bytes = args.max_body_bytes;
+    config.insecure_no_auth = args.insecure_no_auth;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("gannet")
+        .build()?;
+    runtime.block_on(async move {
+        let server = Server::start(config).await?;
+        server.run_until(shutdown_signal()).await
+    })
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

@@ -1,0 +1,418 @@
+//! The HTTP API: InfluxDB-compatible line-protocol writes (v1, v2 and v3 paths), SQL queries,
+//! liveness and Prometheus metrics. Paths, parameters and error shapes follow InfluxDB 3.
+
+use std::io::Read as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use arrow::record_batch::RecordBatch;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use gannet_query::{QueryEngine, QueryError};
+use gannet_storage::{Engine, Precision, WriteOutcome};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::metrics::Metrics;
+
+/// What the HTTP handlers share.
+#[derive(Debug)]
+pub struct HttpState {
+    pub engine: Arc<Engine>,
+    pub query: QueryEngine,
+    pub metrics: Arc<Metrics>,
+    /// The largest request body accepted, compressed or not (413 beyond it).
+    pub max_body_bytes: usize,
+}
+
+pub fn router(state: Arc<HttpState>) -> Router {
+    let limit = state.max_body_bytes;
+    Router::new()
+        .route("/api/v3/write_lp", post(write_v3))
+        .route("/api/v2/write", post(write_v1_v2))
+        .route("/write", post(write_v1_v2))
+        .route("/api/v3/query_sql", get(query_get).post(query_post))
+        .route("/health", get(health))
+        .route("/ping", get(ping).head(ping))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// An error response in InfluxDB 3's JSON shape: `{"error": "..."}` (plus `data` for lines).
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct V3WriteParams {
+    db: Option<String>,
+    precision: Option<String>,
+    accept_partial: Option<bool>,
+}
+
+/// The v1 (`db`) and v2 (`bucket`) write parameters; `rp` and `org` are ignored.
+#[derive(Debug, Deserialize)]
+struct InfluxWriteParams {
+    db: Option<String>,
+    bucket: Option<String>,
+    precision: Option<String>,
+}
+
+async fn write_v3(
+    State(state): State<Arc<HttpState>>,
+    Query(params): Query<V3WriteParams>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let db = required(params.db, "db")?;
+    let precision = precision(params.precision.as_deref(), Precision::Auto)?;
+    write(
+        state,
+        db,
+        precision,
+        params.accept_partial.unwrap_or(true),
+        &headers,
+        body,
+    )
+    .await
+}
+
+/// InfluxDB 1 (`/write?db=`) and 2 (`/api/v2/write?bucket=`) writes: nanoseconds unless told.
+async fn write_v1_v2(
+    State(state): State<Arc<HttpState>>,
+    Query(params): Query<InfluxWriteParams>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let db = params.bucket.or(params.db);
+    let db = required(db, "db' or 'bucket")?;
+    let precision = precision(params.precision.as_deref(), Precision::Nanosecond)?;
+    write(state, db, precision, true, &headers, body).await
+}
+
+fn required(value: Option<String>, name: &str) -> Result<String, ApiError> {
+    value
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| ApiError::bad_request(format!("missing query parameter '{name}'")))
+}
+
+fn precision(value: Option<&str>, default: Precision) -> Result<Precision, ApiError> {
+    match value {
+        None | Some("") => Ok(default),
+        Some(p) => p.parse().map_err(ApiError::bad_request),
+    }
+}
+
+/// Writes one body: 204 once durable; 400 with the rejected lines otherwise.
+async fn write(
+    state: Arc<HttpState>,
+    db: String,
+    precision: Precision,
+    accept_partial: bool,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    state.metrics.write_requests.fetch_add(1, Ordering::Relaxed);
+    let body = decode_body(headers, body, state.max_body_bytes)?;
+    state
+        .metrics
+        .write_bytes
+        .fetch_add(body.len() as u64, Ordering::Relaxed);
+    // Parsing is CPU work and the WAL wait blocks: keep both off the async workers.
+    let engine = state.engine.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        engine.write_lp_with(&db, &body, precision, accept_partial)
+    })
+    .await
+    .map_err(|e| ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: format!("write task failed: {e}"),
+    })?;
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            state.metrics.write_errors.fetch_add(1, Ordering::Relaxed);
+            return Err(storage_error(e));
+        }
+    };
+    state
+        .metrics
+        .rows_written
+        .fetch_add(outcome.rows as u64, Ordering::Relaxed);
+    state
+        .metrics
+        .lines_rejected
+        .fetch_add(outcome.errors.len() as u64, Ordering::Relaxed);
+    if outcome.errors.is_empty() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    Ok(rejected_lines(&outcome))
+}
+
+/// The 400 answer for a write with rejected lines, in InfluxDB 3's shape.
+fn rejected_lines(outcome: &WriteOutcome) -> Response {
+    let message = if outcome.rows > 0 {
+        "partial write of line protocol occurred"
+    } else {
+        "parsing failed for write_lp endpoint"
+    };
+    let data: Vec<_> = outcome
+        .errors
+        .iter()
+        .map(|e| {
+            json!({
+                "original_line": e.original_line,
+                "line_number": e.line_number,
+                "error_message": e.message,
+            })
+        })
+        .collect();
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({ "error": message, "data": data })),
+    )
+        .into_response()
+}
+
+fn storage_error(e: gannet_storage::Error) -> ApiError {
+    use gannet_storage::Error;
+    let status = match &e {
+        Error::Catalog(gannet_storage::catalog::CatalogError::InvalidName { .. }) => {
+            StatusCode::BAD_REQUEST
+        }
+        Error::Closed => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    if status == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::error!(error = %e, "write failed");
+    }
+    ApiError {
+        status,
+        message: e.to_string(),
+    }
+}
+
+/// The body as line protocol: gunzipped if `Content-Encoding: gzip`, at most `limit` bytes.
+fn decode_body(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Bytes, ApiError> {
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase());
+    match encoding.as_deref() {
+        None | Some("") | Some("identity") => Ok(body),
+        Some("gzip") | Some("x-gzip") => {
+            let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
+            let decoder = flate2::read::MultiGzDecoder::new(&body[..]);
+            let read = decoder
+                .take(limit as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| ApiError::bad_request(format!("invalid gzip body: {e}")))?;
+            if read > limit {
+                return Err(ApiError {
+                    status: StatusCode::PAYLOAD_TOO_LARGE,
+                    message: format!("decompressed body is larger than the limit of {limit} bytes"),
+                });
+            }
+            Ok(Bytes::from(out))
+        }
+        Some(other) => Err(ApiError {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            message: format!("unsupported Content-Encoding '{other}': send identity or gzip"),
+        }),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct QueryParams {
+    db: Option<String>,
+    q: Option<String>,
+    format: Option<String>,
+}
+
+async fn query_get(
+    State(state): State<Arc<HttpState>>,
+    Query(params): Query<QueryParams>,
+) -> Result<Response, ApiError> {
+    query(state, params).await
+}
+
+/// POST takes its parameters from the query string or a JSON body (`{"db", "q", "format"}`).
+async fn query_post(
+    State(state): State<Arc<HttpState>>,
+    Query(mut params): Query<QueryParams>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json || (!body.is_empty() && params.q.is_none()) {
+        let from_body: QueryParams = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+        params.db = params.db.or(from_body.db);
+        params.q = params.q.or(from_body.q);
+        params.format = params.format.or(from_body.format);
+    }
+    query(state, params).await
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Format {
+    Json,
+    JsonLines,
+    Csv,
+    Pretty,
+    Parquet,
+}
+
+impl Format {
+    fn parse(s: Option<&str>) -> Result<Format, ApiError> {
+        Ok(match s.unwrap_or("json") {
+            "json" => Format::Json,
+            "jsonl" => Format::JsonLines,
+            "csv" => Format::Csv,
+            "pretty" => Format::Pretty,
+            "parquet" => Format::Parquet,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown format '{other}': expected json, jsonl, csv, pretty or parquet"
+                )));
+            }
+        })
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Format::Json => "application/json",
+            Format::JsonLines => "application/jsonl",
+            Format::Csv => "text/csv; charset=utf-8",
+            Format::Pretty => "text/plain; charset=utf-8",
+            Format::Parquet => "application/vnd.apache.parquet",
+        }
+    }
+}
+
+async fn query(state: Arc<HttpState>, params: QueryParams) -> Result<Response, ApiError> {
+    let db = required(params.db, "db")?;
+    let sql = required(params.q, "q")?;
+    let format = Format::parse(params.format.as_deref())?;
+    let started = Instant::now();
+    let result = state.query.sql(&db, &sql).await;
+    state.metrics.query_done(started.elapsed(), result.is_ok());
+    let batches = result.map_err(|e| match e {
+        QueryError::UnknownDatabase(_) => ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: e.to_string(),
+        },
+        QueryError::DataFusion(e) => ApiError::bad_request(gannet_query::error::message(&e)),
+    })?;
+    let body = encode(&batches, format).map_err(|e| ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: format!("encoding the result failed: {e}"),
+    })?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(format.content_type()),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+fn encode(batches: &[RecordBatch], format: Format) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    let mut out = Vec::new();
+    match format {
+        Format::Json => {
+            let mut writer = arrow::json::ArrayWriter::new(&mut out);
+            for batch in batches {
+                writer.write(batch)?;
+            }
+            writer.finish()?;
+            if out.is_empty() {
+                out.extend_from_slice(b"[]");
+            }
+        }
+        Format::JsonLines => {
+            let mut writer = arrow::json::LineDelimitedWriter::new(&mut out);
+            for batch in batches {
+                writer.write(batch)?;
+            }
+            writer.finish()?;
+        }
+        Format::Csv => {
+            let mut writer = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut out);
+            for batch in batches {
+                writer.write(batch)?;
+            }
+        }
+        Format::Pretty => {
+            let table = arrow::util::pretty::pretty_format_batches(batches)?;
+            out = format!("{table}\n").into_bytes();
+        }
+        Format::Parquet => {
+            let Some(first) = batches.first() else {
+                return Ok(out);
+            };
+            let mut writer = parquet::arrow::ArrowWriter::try_new(&mut out, first.schema(), None)?;
+            for batch in batches {
+                writer.write(batch)?;
+            }
+            writer.close()?;
+        }
+    }
+    Ok(out)
+}
+
+async fn health() -> &'static str {
+    "OK"
+}
+
+/// InfluxDB's ping: 204 with the version headers its clients look for.
+async fn ping() -> Response {
+    let version = HeaderValue::from_static(env!("CARGO_PKG_VERSION"));
+    (
+        StatusCode::NO_CONTENT,
+        [
+            ("x-influxdb-version", version.clone()),
+            ("x-gannet-version", version),
+        ],
+    )
+        .into_response()
+}
+
+async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        state.metrics.render(&state.engine),
+    )
+        .into_response()
+}

@@ -1,0 +1,206 @@
+//! `gannet serve`: the Postgres wire protocol and the HTTP API over one open database.
+//!
+//! [`Server::start`] opens the data directory, binds both listeners and serves until
+//! [`Server::shutdown`] (the binary calls it on SIGINT or SIGTERM). Shutting down stops
+//! accepting, lets HTTP requests in flight finish, closes Postgres connections, and closes
+//! the engine, which persists the write buffer; everything acknowledged was already durable
+//! in the WAL.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use gannet_query::QueryEngine;
+use gannet_storage::{Engine, EngineConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub mod http;
+pub mod metrics;
+pub mod pg;
+
+/// How the server is set up: where its data lives and where it listens.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub pg_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub models_dir: PathBuf,
+    /// The largest HTTP request body, compressed or decompressed.
+    pub max_body_bytes: usize,
+    /// Listen on a non-loopback address without authentication.
+    pub insecure_no_auth: bool,
+}
+
+impl ServerConfig {
+    /// The embedded defaults for a data directory: Postgres on 127.0.0.1:5433, HTTP on
+    /// 127.0.0.1:8181, models in `<data-dir>/models`, 10 MiB bodies.
+    pub fn new(data_dir: impl Into<PathBuf>) -> ServerConfig {
+        let data_dir = data_dir.into();
+        ServerConfig {
+            models_dir: data_dir.join("models"),
+            data_dir,
+            pg_addr: SocketAddr::from(([127, 0, 0, 1], 5433)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8181)),
+            max_body_bytes: 10 * 1024 * 1024,
+            insecure_no_auth: false,
+        }
+    }
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Server {
+    engine: Arc<Engine>,
+    pg_addr: SocketAddr,
+    http_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Server {
+    /// Opens the data directory and starts both listeners. Fails if the directory is in
+    /// use, an address cannot be bound, or a non-loopback address would serve without
+    /// authentication.
+    pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
+        for (addr, what) in [
+            (config.pg_addr, "--pg-addr"),
+            (config.http_addr, "--http-addr"),
+        ] {
+            if !addr.ip().is_loopback() && !config.insecure_no_auth {
+                bail!(
+                    "refusing to listen on {addr} ({what}): it is not a loopback address and \
+                     Gannet has no authentication configured, so anyone who can reach it could \
+                     read and write all data. Listen on 127.0.0.1, or pass --insecure-no-auth \
+                     if the network is trusted."
+                );
+            }
+        }
+        let pg_listener = TcpListener::bind(config.pg_addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (--pg-addr)", config.pg_addr))?;
+        let http_listener = TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (--http-addr)", config.http_addr))?;
+        let pg_addr = pg_listener.local_addr()?;
+        let http_addr = http_listener.local_addr()?;
+
+        let engine_config = EngineConfig::new(&config.data_dir);
+        let engine = tokio::task::spawn_blocking(move || Engine::open(engine_config))
+            .await?
+            .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?;
+        let query = QueryEngine::new(engine.clone());
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+
+        let state = Arc::new(http::HttpState {
+            engine: engine.clone(),
+            query: query.clone(),
+            metrics: Arc::new(metrics::Metrics::default()),
+            max_body_bytes: config.max_body_bytes,
+        });
+        let app = http::router(state);
+        let mut http_stop = stopped.clone();
+        tasks.spawn(async move {
+            let shutdown = async move { until_stopped(&mut http_stop).await };
+            if let Err(e) = axum::serve(http_listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        tracing::info!("HTTP API listening on http://{http_addr}");
+
+        let handlers = Arc::new(pg::PgHandlers::new(query));
+        tasks.spawn(serve_pg(pg_listener, handlers, stopped));
+        tracing::info!("Postgres wire protocol listening on {pg_addr}");
+
+        Ok(Server {
+            engine,
+            pg_addr,
+            http_addr,
+            stop,
+            tasks,
+        })
+    }
+
+    pub fn pg_addr(&self) -> SocketAddr {
+        self.pg_addr
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Serves until `signal` completes, then shuts down.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+        signal.await;
+        tracing::info!("shutting down");
+        self.shutdown().await
+    }
+
+    /// Stops accepting, finishes HTTP requests in flight, closes Postgres connections and
+    /// closes the engine (persisting the buffer).
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        let drained = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(30), drained)
+            .await
+            .is_err()
+        {
+            tracing::warn!("requests still running after 30 s; closing anyway");
+            self.tasks.abort_all();
+        }
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || engine.close())
+            .await?
+            .context("closing the database")?;
+        tracing::info!("shut down cleanly");
+        Ok(())
+    }
+}
+
+/// Accepts Postgres connections until told to stop, then drops the open ones.
+async fn serve_pg(
+    listener: TcpListener,
+    handlers: Arc<pg::PgHandlers>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let _ = socket.set_nodelay(true);
+                    let handlers = handlers.clone();
+                    connections.spawn(async move {
+                        if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                            tracing::debug!(%peer, error = %e, "Postgres connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a Postgres connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = until_stopped(&mut stop) => break,
+        }
+    }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+}
+
+async fn until_stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}

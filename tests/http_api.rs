@@ -1,0 +1,287 @@
+//! The HTTP API as InfluxDB clients and curl use it, against the real `gannet serve`.
+
+use std::io::Write;
+
+use serde_json::{Value, json};
+
+use crate::support::{TestServer, run_python};
+
+fn json_body(body: &[u8]) -> Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
+}
+
+fn query(server: &TestServer, db: &str, sql: &str, format: &str) -> (u16, Vec<u8>) {
+    let q: String = sql
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    server.curl(
+        "GET",
+        &format!("/api/v3/query_sql?db={db}&format={format}&q={q}"),
+        &[],
+        None,
+    )
+}
+
+#[test]
+fn v3_writes_report_bad_lines_and_keep_the_good_ones() {
+    let server = TestServer::start();
+    let body = b"cpu,host=a usage=0.5 1700000000000000000\n\
+                 cpu,host=b usage=oops 1700000000000000000\n\
+                 cpu,host=c usage=1.5 1700000000000000000\n";
+    let (status, out) = server.curl("POST", "/api/v3/write_lp?db=m", &[], Some(body));
+    assert_eq!(status, 400);
+    let answer = json_body(&out);
+    assert_eq!(answer["error"], "partial write of line protocol occurred");
+    assert_eq!(answer["data"].as_array().unwrap().len(), 1, "{answer}");
+    assert_eq!(
+        answer["data"][0]["original_line"],
+        "cpu,host=b usage=oops 1700000000000000000"
+    );
+    assert_eq!(answer["data"][0]["line_number"], 2);
+    let message = answer["data"][0]["error_message"].as_str().unwrap();
+    assert!(message.contains("usage"), "{message}");
+
+    // accept_partial=false: one bad line and nothing is written.
+    let body = b"cpu,host=d usage=1 1700000000000000000\ncpu,host=e usage=\n";
+    let (status, out) = server.curl(
+        "POST",
+        "/api/v3/write_lp?db=m&accept_partial=false",
+        &[],
+        Some(body),
+    );
+    assert_eq!(status, 400);
+    assert_eq!(
+        json_body(&out)["error"],
+        "parsing failed for write_lp endpoint"
+    );
+
+    // A type conflict rejects its line with the table, column and both types.
+    let (status, out) = server.curl(
+        "POST",
+        "/api/v3/write_lp?db=m&precision=second",
+        &[],
+        Some(b"cpu,host=f usage=\"high\" 1700000000"),
+    );
+    assert_eq!(status, 400);
+    let message = json_body(&out)["data"][0]["error_message"].to_string();
+    assert!(
+        message.contains("usage") && message.contains("string"),
+        "{message}"
+    );
+
+    let (status, out) = query(&server, "m", "SELECT host FROM cpu ORDER BY host", "csv");
+    assert_eq!(status, 200);
+    assert_eq!(String::from_utf8(out).unwrap(), "host\na\nc\n");
+}
+
+#[test]
+fn v1_and_v2_writes_with_precisions_and_gzip() {
+    let server = TestServer::start();
+    let (status, out) = server.curl(
+        "POST",
+        "/write?db=m&precision=s&rp=ignored",
+        &[],
+        Some(b"cpu,host=a usage=1 1700000000"),
+    );
+    assert_eq!(status, 204, "{}", String::from_utf8_lossy(&out));
+
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(b"cpu,host=b usage=2 1700000000000\n").unwrap();
+    let gz = gz.finish().unwrap();
+    let (status, out) = server.curl(
+        "POST",
+        "/api/v2/write?bucket=m&org=ignored&precision=ms",
+        &["Content-Encoding: gzip"],
+        Some(&gz),
+    );
+    assert_eq!(status, 204, "{}", String::from_utf8_lossy(&out));
+
+    let (status, out) = query(
+        &server,
+        "m",
+        "SELECT host, usage, CAST(time AS BIGINT) AS t FROM cpu ORDER BY host",
+        "json",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        json_body(&out),
+        json!([
+            {"host": "a", "usage": 1.0, "t": 1_700_000_000_000_000_000i64},
+            {"host": "b", "usage": 2.0, "t": 1_700_000_000_000_000_000i64},
+        ])
+    );
+
+    // Missing database, bad precision, garbage gzip: 400 with a JSON error.
+    for (path, headers, body) in [
+        ("/write", &[][..], &b"cpu v=1"[..]),
+        (
+            "/api/v2/write?bucket=m&precision=fortnight",
+            &[][..],
+            &b"cpu v=1"[..],
+        ),
+        (
+            "/api/v2/write?bucket=m",
+            &["Content-Encoding: gzip"][..],
+            &b"not gzip"[..],
+        ),
+    ] {
+        let (status, out) = server.curl("POST", path, headers, Some(body));
+        assert_eq!(status, 400, "{path}");
+        assert!(json_body(&out)["error"].is_string(), "{path}");
+    }
+}
+
+#[test]
+fn the_influxdb2_python_client_writes() {
+    let server = TestServer::start();
+    let script = r#"
+import sys
+from influxdb_client import InfluxDBClient, Point, WritePrecision
+from influxdb_client.client.write_api import SYNCHRONOUS
+with InfluxDBClient(url=sys.argv[1], token="unused", org="unused") as client:
+    write = client.write_api(write_options=SYNCHRONOUS)
+    write.write(bucket="sensors", record=[
+        Point("air").tag("room", "kitchen").field("temp", 21.5).time(1700000000, WritePrecision.S),
+        Point("air").tag("room", "hall").field("temp", 19.25).field("ok", True).time(1700000000, WritePrecision.S),
+    ], write_precision=WritePrecision.S)
+    write.write(bucket="sensors", record="air,room=attic temp=30.5 1700000001000000000")
+print("ok")
+"#;
+    assert_eq!(run_python(script, &[&server.url("")]).trim(), "ok");
+    let (status, out) = query(
+        &server,
+        "sensors",
+        "SELECT room, temp FROM air ORDER BY room",
+        "jsonl",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "{\"room\":\"attic\",\"temp\":30.5}\n{\"room\":\"hall\",\"temp\":19.25}\n{\"room\":\"kitchen\",\"temp\":21.5}\n"
+    );
+}
+
+#[test]
+fn queries_in_every_format_and_their_errors() {
+    let server = TestServer::start();
+    let (status, _) = server.curl(
+        "POST",
+        "/api/v3/write_lp?db=m",
+        &[],
+        Some(b"cpu,host=a usage=0.5 1700000000000000000\ncpu,host=b usage=1.5 1700000000000000000"),
+    );
+    assert_eq!(status, 204);
+    let sql = "SELECT host, usage FROM cpu ORDER BY host";
+    let text = |(status, body): (u16, Vec<u8>)| {
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        String::from_utf8(body).unwrap()
+    };
+    assert_eq!(
+        text(query(&server, "m", sql, "csv")),
+        "host,usage\na,0.5\nb,1.5\n"
+    );
+    assert_eq!(
+        text(query(&server, "m", sql, "pretty")),
+        "+------+-------+\n| host | usage |\n+------+-------+\n| a    | 0.5   |\n| b    | 1.5   |\n+------+-------+\n"
+    );
+    let (status, parquet) = query(&server, "m", sql, "parquet");
+    assert_eq!(status, 200);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &parquet).unwrap();
+    let read = run_python(
+        "import sys, pyarrow.parquet as pq; print(pq.read_table(sys.argv[1]).to_pylist())",
+        &[file.path().to_str().unwrap()],
+    );
+    assert_eq!(
+        read.trim(),
+        "[{'host': 'a', 'usage': 0.5}, {'host': 'b', 'usage': 1.5}]"
+    );
+
+    // POST with a JSON body, as InfluxDB 3 clients send it.
+    let (status, out) = server.curl(
+        "POST",
+        "/api/v3/query_sql",
+        &["Content-Type: application/json"],
+        Some(br#"{"db": "m", "q": "SELECT count(*) AS n FROM cpu", "format": "json"}"#),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(json_body(&out), json!([{"n": 2}]));
+
+    let (status, out) = query(&server, "m", "SELECT nope FROM cpu", "json");
+    assert_eq!(status, 400);
+    assert!(json_body(&out)["error"].to_string().contains("nope"));
+    let (status, out) = query(&server, "absent", "SELECT 1", "json");
+    assert_eq!(status, 404);
+    assert_eq!(
+        json_body(&out)["error"],
+        "database \"absent\" does not exist"
+    );
+    let (status, _) = query(&server, "m", "SELECT 1", "xml");
+    assert_eq!(status, 400);
+}
+
+#[test]
+fn bodies_beyond_the_limit_are_refused_and_nothing_is_written() {
+    let server = TestServer::start_in(tempfile::tempdir().unwrap(), &["--max-body-bytes", "4096"]);
+    let big: Vec<u8> = (0..200)
+        .flat_map(|i| format!("cpu,host=h{i} usage=1 1700000000000000000\n").into_bytes())
+        .collect();
+    assert!(big.len() > 4096);
+    let (status, _) = server.curl("POST", "/api/v3/write_lp?db=m", &[], Some(&big));
+    assert_eq!(status, 413);
+
+    // A small gzip body that inflates beyond the limit.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&big).unwrap();
+    let gz = gz.finish().unwrap();
+    assert!(gz.len() < 4096);
+    let (status, out) = server.curl(
+        "POST",
+        "/api/v3/write_lp?db=m",
+        &["Content-Encoding: gzip"],
+        Some(&gz),
+    );
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&out));
+
+    let (status, _) = query(&server, "m", "SELECT 1", "json");
+    assert_eq!(status, 404, "nothing may have been written");
+}
+
+#[test]
+fn health_ping_and_metrics() {
+    let server = TestServer::start();
+    assert_eq!(
+        server.curl("GET", "/health", &[], None),
+        (200, b"OK".to_vec())
+    );
+    assert_eq!(server.curl("GET", "/ping", &[], None).0, 204);
+    let (status, _) = server.curl(
+        "POST",
+        "/write?db=m",
+        &[],
+        Some(b"cpu v=1 1\ncpu v=2 2\nbad\n"),
+    );
+    assert_eq!(status, 400);
+    query(&server, "m", "SELECT * FROM cpu", "json");
+    let (status, out) = server.curl("GET", "/metrics", &[], None);
+    assert_eq!(status, 200);
+    let text = String::from_utf8(out).unwrap();
+    for expected in [
+        "gannet_write_requests_total 1\n",
+        "gannet_rows_written_total 2\n",
+        "gannet_lines_rejected_total 1\n",
+        "gannet_query_duration_seconds_count 1\n",
+        "# TYPE gannet_wal_fsync_seconds summary\n",
+        "gannet_tables 1\n",
+    ] {
+        assert!(
+            text.contains(expected),
+            "{expected:?} missing from:\n{text}"
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! The Postgres wire protocol with the real clients: psql, psycopg 3, asyncpg.
+
+use crate::support::{TestServer, run_python};
+
+/// A server holding `cpu` in database `m`: three hosts, two points each.
+fn server_with_cpu() -> TestServer {
+    let server = TestServer::start();
+    let body = b"cpu,host=a,region=eu usage=0.5,cores=4i,ok=true 1700000000000000000\n\
+                 cpu,host=a,region=eu usage=1.5,cores=4i,ok=false 1700000010000000000\n\
+                 cpu,host=b,region=us usage=2.25,cores=8i 1700000000000000000\n\
+                 cpu,host=b,region=us usage=3.125,cores=8i 1700000010000000000\n\
+                 cpu,host=c,region=us usage=0.1 1700000000123456789\n\
+                 cpu,host=c,region=us usage=0.30000000000000004 1700000010000000000\n";
+    let (status, out) = server.curl("POST", "/api/v3/write_lp?db=m", &[], Some(body));
+    assert_eq!(status, 204, "{}", String::from_utf8_lossy(&out));
+    server
+}
+
+#[test]
+fn psql_lists_describes_and_queries() {
+    let server = server_with_cpu();
+    let (ok, out, err) = server.psql("m", &["-c", r"\dt"]);
+    assert!(ok, "{err}");
+    assert!(out.contains(" public | cpu  | table |"), "{out}");
+
+    let (ok, out, err) = server.psql("m", &["-c", r"\d cpu"]);
+    assert!(ok, "{err}");
+    for line in [
+        " host   | text                        |",
+        " cores  | bigint                      |",
+        " ok     | boolean                     |",
+        " usage  | double precision            |",
+        " time   | timestamp without time zone |",
+    ] {
+        assert!(out.contains(line), "{line:?} missing from:\n{out}");
+    }
+
+    let (ok, out, err) = server.psql("m", &["-c", r"\l"]);
+    assert!(ok, "{err}");
+    assert!(out.contains(" m "), "{out}");
+    let (ok, _, err) = server.psql("m", &["-c", r"\dn"]);
+    assert!(ok, "{err}");
+
+    let (ok, out, err) = server.psql(
+        "m",
+        &[
+            "-A",
+            "-c",
+            "SELECT host, max(usage) AS top, min(time) AS first FROM cpu GROUP BY host ORDER BY host",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "host|top|first\n\
+         a|1.5|2023-11-14 22:13:20.000000\n\
+         b|3.125|2023-11-14 22:13:20.000000\n\
+         c|0.30000000000000004|2023-11-14 22:13:20.123456\n\
+         (3 rows)\n"
+    );
+}
+
+#[test]
+fn errors_carry_sqlstates_and_the_connection_stays_usable() {
+    let server = server_with_cpu();
+    // One psql session: each failing statement reports its SQLSTATE, the next still runs.
+    let (_, out, err) = server.psql(
+        "m",
+        &[
+            "-v",
+            "VERBOSITY=verbose",
+            "-c",
+            "SELECT * FROM nope",
+            "-c",
+            "SELECT nope FROM cpu",
+            "-c",
+            "SELEC 1",
+            "-c",
+            "SELECT 1/0",
+            "-c",
+            "SELECT count(*) AS n FROM cpu",
+        ],
+    );
+    for expected in [
+        "ERROR:  42P01: relation \"nope\" does not exist",
+        "ERROR:  42703:",
+        "ERROR:  42601:",
+        "ERROR:  22012: division by zero",
+    ] {
+        assert!(err.contains(expected), "{expected:?} missing from:\n{err}");
+    }
+    assert!(out.contains("\n 6\n"), "{out}");
+
+    let (ok, _, err) = server.psql("absent", &["-c", "SELECT 1"]);
+    assert!(!ok);
+    assert!(
+        err.contains("FATAL:  database \"absent\" does not exist"),
+        "{err}"
+    );
+
+    // `postgres` always exists, as in PostgreSQL; Grafana's health check is a comment.
+    let (ok, _, err) = server.psql("postgres", &["-c", "-- ping", "-c", "SELECT 1"]);
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn psycopg_text_and_binary() {
+    let server = server_with_cpu();
+    let script = r#"
+import sys, datetime, psycopg
+from psycopg import errors
+with psycopg.connect(sys.argv[1], autocommit=True) as conn:
+    for binary in (False, True):
+        cur = conn.cursor(binary=binary)
+        cur.execute("SELECT host, usage, cores, ok, time FROM cpu WHERE host = %s AND usage > %s ORDER BY time", ("a", 0.0))
+        rows = cur.fetchall()
+        assert rows == [
+            ("a", 0.5, 4, True, datetime.datetime(2023, 11, 14, 22, 13, 20)),
+            ("a", 1.5, 4, False, datetime.datetime(2023, 11, 14, 22, 13, 30)),
+        ], rows
+        cur.execute("SELECT usage, time FROM cpu WHERE host = 'c' ORDER BY time")
+        rows = cur.fetchall()
+        # Floats round-trip exactly; timestamps keep their microseconds.
+        assert rows[0] == (0.1, datetime.datetime(2023, 11, 14, 22, 13, 20, 123456)), rows
+        assert rows[1][0] == 0.30000000000000004, rows
+    try:
+        conn.execute("SELECT * FROM nope")
+        raise SystemExit("no error")
+    except errors.UndefinedTable as e:
+        assert e.sqlstate == "42P01"
+    try:
+        conn.execute("SELECT nope FROM cpu")
+        raise SystemExit("no error")
+    except errors.UndefinedColumn:
+        pass
+    for stmt in ("BEGIN", "COMMIT", "BEGIN", "ROLLBACK", "SET application_name = 'test'", "SET extra_float_digits = 3", "SHOW TimeZone"):
+        conn.execute(stmt)
+    assert conn.execute("SELECT count(*) FROM cpu").fetchone() == (6,)
+print("ok")
+"#;
+    assert_eq!(run_python(script, &[&server.dsn("m")]).trim(), "ok");
+}
+
+#[test]
+fn asyncpg_prepared_statements() {
+    let server = server_with_cpu();
+    let script = r#"
+import sys, asyncio, datetime, asyncpg
+async def main():
+    conn = await asyncpg.connect(host=sys.argv[1], port=int(sys.argv[2]), database="m", user="test")
+    stmt = await conn.prepare("SELECT host, usage, time FROM cpu WHERE usage > $1 ORDER BY usage DESC")
+    rows = await stmt.fetch(2.0)
+    assert [tuple(r) for r in rows] == [
+        ("b", 3.125, datetime.datetime(2023, 11, 14, 22, 13, 30)),
+        ("b", 2.25, datetime.datetime(2023, 11, 14, 22, 13, 20)),
+    ], rows
+    assert await stmt.fetch(100.0) == []
+    n = await conn.fetchval("SELECT count(*) FROM cpu WHERE region = $1", "us")
+    assert n == 4, n
+    try:
+        await conn.fetch("SELECT * FROM nope")
+        raise SystemExit("no error")
+    except asyncpg.exceptions.UndefinedTableError:
+        pass
+    assert await conn.fetchval("SELECT max(cores) FROM cpu") == 8
+    await conn.close()
+asyncio.run(main())
+print("ok")
+"#;
+    let port = server.pg.port().to_string();
+    let out = run_python(script, &[&server.pg.ip().to_string(), &port]);
+    assert_eq!(out.trim(), "ok");
+}
+
+#[test]
+fn grafana_queries_through_the_simple_protocol() {
+    let server = server_with_cpu();
+    // Grafana's PostgreSQL data source: version probe, table and column listing, and a
+    // macro-expanded time-series panel query, sent verbatim.
+    let queries = [
+        "SELECT current_setting('server_version_num')::int/100 as version",
+        "select quote_ident(table_name) as \"table\" from information_schema.tables \
+         where quote_ident(table_schema) not in ('information_schema', 'pg_catalog', '_timescaledb_cache', \
+         '_timescaledb_catalog', '_timescaledb_internal', '_timescaledb_config', 'timescaledb_information', \
+         'timescaledb_experimental') and table_type = 'BASE TABLE' and quote_ident(table_schema) IN ( \
+         SELECT CASE WHEN trim(s[i]) = '\"$user\"' THEN user ELSE trim(s[i]) END FROM \
+         generate_series(array_lower(string_to_array(current_setting('search_path'),','),1), \
+         array_upper(string_to_array(current_setting('search_path'),','),1)) as i, \
+         string_to_array(current_setting('search_path'),',') s)",
+        "select quote_ident(column_name) as \"column\", data_type as \"type\" from information_schema.columns \
+         where quote_ident(table_name) = 'cpu'",
+        "SELECT floor(extract(epoch from time)/60)*60 AS \"time\", avg(usage) AS usage FROM cpu \
+         WHERE time BETWEEN '2023-11-14T22:00:00Z' AND '2023-11-14T23:00:00Z' GROUP BY 1 ORDER BY 1",
+    ];
+    let mut args = vec!["-A", "-t"];
+    for q in &queries {
+        args.extend(["-c", q]);
+    }
+    let (ok, out, err) = server.psql("m", &args);
+    assert!(ok && err.is_empty(), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "1600", "{out}");
+    assert!(lines.contains(&"cpu"), "{out}");
+    // The column listing names DataFusion's types for now (information_schema is
+    // DataFusion's); psql's \d, which reads pg_catalog, shows PostgreSQL's.
+    for column in ["host|", "usage|", "time|"] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(column)),
+            "{column} missing from:\n{out}"
+        );
+    }
+    // 22:13:20 and 22:13:30 fall in the minute that starts at 1699999980.
+    assert_eq!(
+        lines.last().unwrap(),
+        &"1699999980.0|1.2958333333333332",
+        "{out}"
+    );
+}

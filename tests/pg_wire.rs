@@ -216,3 +216,36 @@ fn grafana_queries_through_the_simple_protocol() {
         "{out}"
     );
 }
+
+#[test]
+fn cancel_requests_and_statement_timeouts_stop_running_queries() {
+    let server = TestServer::start();
+    // A query that would run for minutes: its rows are computed while they stream out.
+    let script = r#"
+import sys, threading, time, psycopg
+from psycopg import errors
+slow = "SELECT count(*) FROM generate_series(1, 100000000000)"
+with psycopg.connect(sys.argv[1], autocommit=True) as conn:
+    threading.Timer(0.5, conn.cancel_safe).start()
+    started = time.monotonic()
+    try:
+        conn.execute(slow)
+        raise SystemExit("not cancelled")
+    except errors.QueryCanceled as e:
+        assert e.sqlstate == "57014" and "user request" in str(e), e
+    assert time.monotonic() - started < 30
+    assert conn.execute("SELECT 1").fetchone() == (1,)
+
+    conn.execute("SET statement_timeout = 300")
+    for binary in (False, True):
+        try:
+            conn.cursor(binary=binary).execute(slow + " WHERE %s", (True,))
+            raise SystemExit("no timeout")
+        except errors.QueryCanceled as e:
+            assert "statement timeout" in str(e), e
+    conn.execute("SET statement_timeout = 0")
+    assert conn.execute("SELECT 2").fetchone() == (2,)
+print("ok")
+"#;
+    assert_eq!(run_python(script, &[&server.dsn("postgres")]).trim(), "ok");
+}

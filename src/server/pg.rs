@@ -25,10 +25,10 @@ use datafusion_postgres::{DfSessionService, Parser};
 use futures::Sink;
 use gannet_query::QueryEngine;
 use pgwire::api::auth::noop::NoopStartupHandler;
-use pgwire::api::cancel::DefaultCancelHandler;
+use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{FieldInfo, Response};
+use pgwire::api::results::{FieldInfo, QueryResponse, Response};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
@@ -36,7 +36,9 @@ use pgwire::api::{
     PgWireServerHandlers, Type,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use tokio_util::sync::CancellationToken;
 
 /// The database a connection gets when it names none, and which always exists (empty until
 /// written to), as PostgreSQL's `postgres` does: tools connect to it by default.
@@ -59,7 +61,7 @@ type Statement = (
 pub struct PgHandlers {
     query: Arc<QueryRouter>,
     startup: Arc<Startup>,
-    cancel: Arc<DefaultCancelHandler>,
+    cancel: Arc<Canceller>,
 }
 
 impl PgHandlers {
@@ -69,18 +71,23 @@ impl PgHandlers {
             services: Mutex::new(HashMap::new()),
         });
         let connections = Arc::new(ConnectionManager::new());
+        let running = Arc::new(Running::default());
         PgHandlers {
             query: Arc::new(QueryRouter {
                 parser: Arc::new(RoutingParser {
                     sessions: sessions.clone(),
                 }),
                 sessions: sessions.clone(),
+                running: running.clone(),
             }),
             startup: Arc::new(Startup {
                 sessions,
                 connections: connections.clone(),
             }),
-            cancel: Arc::new(DefaultCancelHandler::new(connections)),
+            cancel: Arc::new(Canceller {
+                planning: DefaultCancelHandler::new(connections),
+                running,
+            }),
         }
     }
 }
@@ -102,7 +109,7 @@ impl PgWireServerHandlers for PgHandlers {
         Arc::new(SqlStateErrors)
     }
 
-    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
         self.cancel.clone()
     }
 }
@@ -200,11 +207,12 @@ impl NoopStartupHandler for Startup {
     }
 }
 
-/// Sends each query to its connection's database.
+/// Sends each query to its connection's database, and makes its results cancellable.
 #[derive(Debug)]
 struct QueryRouter {
     sessions: Arc<Sessions>,
     parser: Arc<RoutingParser>,
+    running: Arc<Running>,
 }
 
 #[async_trait]
@@ -218,7 +226,13 @@ impl SimpleQueryHandler for QueryRouter {
     {
         let service = self.sessions.service(client)?;
         let query = rewrite_grafana_search_path(query);
-        <DfSessionService as SimpleQueryHandler>::do_query(&service, client, &query).await
+        let control = self.running.start(client);
+        let responses =
+            <DfSessionService as SimpleQueryHandler>::do_query(&service, client, &query).await?;
+        Ok(responses
+            .into_iter()
+            .map(|response| control.watch(response))
+            .collect())
     }
 }
 
@@ -244,8 +258,135 @@ impl ExtendedQueryHandler for QueryRouter {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let service = self.sessions.service(client)?;
-        <DfSessionService as ExtendedQueryHandler>::do_query(&service, client, portal, max_rows)
-            .await
+        let control = self.running.start(client);
+        let response = <DfSessionService as ExtendedQueryHandler>::do_query(
+            &service, client, portal, max_rows,
+        )
+        .await?;
+        Ok(control.watch(response))
+    }
+}
+
+/// The statement running on each connection, by the (pid, secret key) pair that a cancel
+/// request names. pgwire cancels a statement while it is planned; rows are computed while
+/// they are sent, after that, so Gannet stops the row stream itself: on a cancel request,
+/// or when the connection's `statement_timeout` passes. Either way the client gets 57014,
+/// as from PostgreSQL, and the connection stays usable.
+#[derive(Debug, Default)]
+struct Running {
+    next_id: std::sync::atomic::AtomicU64,
+    by_connection: Mutex<HashMap<(i32, bytes::Bytes), (u64, CancellationToken)>>,
+}
+
+impl Running {
+    fn start(self: &Arc<Self>, client: &(impl ClientInfo + ?Sized)) -> Arc<Control> {
+        let (pid, secret) = client.pid_and_secret_key();
+        let key = (pid, secret.to_bytes());
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let token = CancellationToken::new();
+        self.by_connection
+            .lock()
+            .expect("running lock")
+            .insert(key.clone(), (id, token.clone()));
+        let timeout = client
+            .metadata()
+            .get("statement_timeout_ms")
+            .and_then(|ms| ms.parse().ok())
+            .filter(|&ms: &u64| ms > 0)
+            .map(|ms| tokio::time::Instant::now() + std::time::Duration::from_millis(ms));
+        Arc::new(Control {
+            running: self.clone(),
+            key,
+            id,
+            token,
+            deadline: timeout,
+        })
+    }
+
+    fn cancel(&self, pid: i32, secret: &pgwire::messages::startup::SecretKey) {
+        let key = (pid, secret.to_bytes());
+        if let Some((_, token)) = self.by_connection.lock().expect("running lock").get(&key) {
+            token.cancel();
+        }
+    }
+}
+
+/// One statement's cancellation: a token a cancel request fires, and a deadline.
+#[derive(Debug)]
+struct Control {
+    running: Arc<Running>,
+    key: (i32, bytes::Bytes),
+    id: u64,
+    token: CancellationToken,
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        let mut running = self.running.by_connection.lock().expect("running lock");
+        if running.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+            running.remove(&self.key);
+        }
+    }
+}
+
+impl Control {
+    /// The response with its rows ending in 57014 once cancelled or past the deadline.
+    fn watch(self: &Arc<Self>, response: Response) -> Response {
+        let Response::Query(query) = response else {
+            return response;
+        };
+        let control = self.clone();
+        let tag = query.command_tag().to_owned();
+        let mut rows = query.data_rows;
+        let mut cancelled = Box::pin(control.token.clone().cancelled_owned());
+        let mut timeout = control
+            .deadline
+            .map(|d| Box::pin(tokio::time::sleep_until(d)));
+        let mut done = false;
+        let rows = futures::stream::poll_fn(move |cx| {
+            use std::task::Poll;
+            let _keep = &control;
+            if done {
+                return Poll::Ready(None);
+            }
+            let message = if cancelled.as_mut().poll(cx).is_ready() {
+                Some("canceling statement due to user request")
+            } else if timeout
+                .as_mut()
+                .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+            {
+                Some("canceling statement due to statement timeout")
+            } else {
+                None
+            };
+            if let Some(message) = message {
+                done = true;
+                return Poll::Ready(Some(Err(user_error("ERROR", "57014", message.to_owned()))));
+            }
+            rows.as_mut().poll_next(cx)
+        });
+        let mut watched = QueryResponse::new(query.row_schema, rows);
+        watched.set_command_tag(&tag);
+        Response::Query(watched)
+    }
+}
+
+/// Cancels a connection's statement while it is planned (pgwire) or while its rows are
+/// computed (Gannet).
+#[derive(Debug)]
+struct Canceller {
+    planning: DefaultCancelHandler,
+    running: Arc<Running>,
+}
+
+#[async_trait]
+impl CancelHandler for Canceller {
+    async fn on_cancel_request(&self, request: CancelRequest) {
+        self.running.cancel(request.pid, &request.secret_key);
+        self.planning.on_cancel_request(request).await;
     }
 }
 

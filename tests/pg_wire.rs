@@ -249,3 +249,26 @@ print("ok")
 "#;
     assert_eq!(run_python(script, &[&server.dsn("postgres")]).trim(), "ok");
 }
+
+#[test]
+fn sqlalchemy_lists_tables_and_runs_core_queries() {
+    let server = server_with_cpu();
+    let script = r#"
+import sys, sqlalchemy as sa
+engine = sa.create_engine(f"postgresql+psycopg://test@{sys.argv[1]}/m")
+assert sa.inspect(engine).get_table_names() == ["cpu"]
+cpu = sa.Table("cpu", sa.MetaData(), sa.Column("host", sa.Text), sa.Column("usage", sa.Float))
+query = (
+    sa.select(cpu.c.host, sa.func.max(cpu.c.usage).label("top"))
+    .where(cpu.c.usage > 0.2)
+    .group_by(cpu.c.host)
+    .order_by(cpu.c.host)
+)
+with engine.connect() as conn:
+    rows = [tuple(r) for r in conn.execute(query)]
+    assert rows == [("a", 1.5), ("b", 3.125), ("c", 0.30000000000000004)], rows
+    conn.rollback()
+print("ok")
+"#;
+    assert_eq!(run_python(script, &[&server.pg.to_string()]).trim(), "ok");
+}

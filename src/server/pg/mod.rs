@@ -1,0 +1,353 @@
+//! The Postgres wire protocol: pgwire, with datafusion-postgres for the query protocol and
+//! datafusion-pg-catalog for `pg_catalog`.
+//!
+//! A connection's database name selects a Gannet database, as in PostgreSQL. Each database
+//! gets one DataFusion session with `pg_catalog` installed, shared by its connections and
+//! built on first use. What datafusion-postgres does not do, Gannet adds here: routing by
+//! database, refusing unknown databases with 3D000, SQLSTATEs for DataFusion's errors, and
+//! the functions and statements clients send that DataFusion lacks ([`compat`]), and
+//! cancellation of running statements ([`cancel`]).
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use datafusion::common::DataFusionError;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::sql::sqlparser;
+use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
+use datafusion_postgres::hooks::cursor::CursorStatementHook;
+use datafusion_postgres::hooks::set_show::SetShowHook;
+use datafusion_postgres::hooks::transactions::TransactionStatementHook;
+use datafusion_postgres::{DfSessionService, Parser, QueryHook};
+use futures::Sink;
+use gannet_query::QueryEngine;
+use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{FieldInfo, Response};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, ConnectionManager, ErrorHandler, METADATA_DATABASE,
+    PgWireServerHandlers, Type,
+};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+
+mod cancel;
+mod compat;
+
+use cancel::{Canceller, Running};
+use compat::{SavepointHook, register_functions, rewrite_grafana_search_path};
+
+/// The database a connection gets when it names none, and which always exists (empty until
+/// written to), as PostgreSQL's `postgres` does: tools connect to it by default.
+pub const DEFAULT_DATABASE: &str = "postgres";
+
+/// The PostgreSQL version Gannet reports; clients pick their SQL dialect by it.
+const SERVER_VERSION: &str = "16.6";
+const SERVER_VERSION_NUM: &str = "160006";
+
+type Statement = (String, Option<(sqlparser::ast::Statement, LogicalPlan)>);
+
+/// All of the pgwire handlers of one server.
+#[derive(Debug)]
+pub struct PgHandlers {
+    query: Arc<QueryRouter>,
+    startup: Arc<Startup>,
+    cancel: Arc<Canceller>,
+}
+
+impl PgHandlers {
+    pub fn new(query: QueryEngine) -> PgHandlers {
+        let sessions = Arc::new(Sessions {
+            query,
+            services: Mutex::new(HashMap::new()),
+        });
+        let connections = Arc::new(ConnectionManager::new());
+        let running = Arc::new(Running::default());
+        PgHandlers {
+            query: Arc::new(QueryRouter {
+                parser: Arc::new(RoutingParser {
+                    sessions: sessions.clone(),
+                }),
+                sessions: sessions.clone(),
+                running: running.clone(),
+            }),
+            startup: Arc::new(Startup {
+                sessions,
+                connections: connections.clone(),
+            }),
+            cancel: Arc::new(Canceller {
+                planning: DefaultCancelHandler::new(connections),
+                running,
+            }),
+        }
+    }
+}
+
+impl PgWireServerHandlers for PgHandlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.query.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.query.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
+        self.startup.clone()
+    }
+
+    fn error_handler(&self) -> Arc<impl ErrorHandler> {
+        Arc::new(SqlStateErrors)
+    }
+
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        self.cancel.clone()
+    }
+}
+
+/// One DataFusion session (as a datafusion-postgres service) per database, built on first use.
+struct Sessions {
+    query: QueryEngine,
+    services: Mutex<HashMap<String, Arc<DfSessionService>>>,
+}
+
+impl Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions").finish_non_exhaustive()
+    }
+}
+
+impl Sessions {
+    fn exists(&self, db: &str) -> bool {
+        db == DEFAULT_DATABASE || self.query.engine().catalog().database(db).is_some()
+    }
+
+    fn service(&self, client: &(impl ClientInfo + ?Sized)) -> PgWireResult<Arc<DfSessionService>> {
+        let db = database_of(client);
+        if let Some(service) = self.services.lock().expect("sessions lock").get(db) {
+            return Ok(service.clone());
+        }
+        if !self.exists(db) {
+            return Err(unknown_database(db, "ERROR"));
+        }
+        let ctx = self.query.new_session(db);
+        setup_pg_catalog(&ctx, db, EmptyContextProvider)
+            .map_err(|e| PgWireError::ApiError(Box::new(*e)))?;
+        register_functions(&ctx);
+        let hooks: Vec<Arc<dyn QueryHook>> = vec![
+            Arc::new(SavepointHook),
+            Arc::new(CursorStatementHook),
+            Arc::new(SetShowHook),
+            Arc::new(TransactionStatementHook),
+        ];
+        let service = Arc::new(DfSessionService::new_with_hooks(Arc::new(ctx), hooks));
+        let mut services = self.services.lock().expect("sessions lock");
+        Ok(services.entry(db.to_owned()).or_insert(service).clone())
+    }
+}
+
+fn database_of(client: &(impl ClientInfo + ?Sized)) -> &str {
+    client
+        .metadata()
+        .get(METADATA_DATABASE)
+        .map(String::as_str)
+        .filter(|db| !db.is_empty())
+        .unwrap_or(DEFAULT_DATABASE)
+}
+
+fn unknown_database(db: &str, severity: &str) -> PgWireError {
+    user_error(
+        severity,
+        "3D000",
+        format!("database \"{db}\" does not exist"),
+    )
+}
+
+fn user_error(severity: &str, code: &str, message: String) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        severity.to_owned(),
+        code.to_owned(),
+        message,
+    )))
+}
+
+/// Accepts any user (trust authentication; see the hardening issue for passwords) and
+/// refuses a database that does not exist with 3D000, as PostgreSQL does.
+#[derive(Debug)]
+struct Startup {
+    sessions: Arc<Sessions>,
+    connections: Arc<ConnectionManager>,
+}
+
+#[async_trait]
+impl NoopStartupHandler for Startup {
+    fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
+        Some(self.connections.clone())
+    }
+
+    async fn post_startup<C>(
+        &self,
+        client: &mut C,
+        _message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let db = database_of(client);
+        if self.sessions.exists(db) {
+            Ok(())
+        } else {
+            Err(unknown_database(db, "FATAL"))
+        }
+    }
+}
+
+/// Sends each query to its connection's database, and makes its results cancellable.
+#[derive(Debug)]
+struct QueryRouter {
+    sessions: Arc<Sessions>,
+    parser: Arc<RoutingParser>,
+    running: Arc<Running>,
+}
+
+#[async_trait]
+impl SimpleQueryHandler for QueryRouter {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let service = self.sessions.service(client)?;
+        let query = rewrite_grafana_search_path(query);
+        let control = self.running.start(client);
+        let responses =
+            <DfSessionService as SimpleQueryHandler>::do_query(&service, client, &query).await?;
+        Ok(responses
+            .into_iter()
+            .map(|response| control.watch(response))
+            .collect())
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for QueryRouter {
+    type Statement = Statement;
+    type QueryParser = RoutingParser;
+
+    fn query_parser(&self) -> Arc<RoutingParser> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Statement>,
+        max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let service = self.sessions.service(client)?;
+        let control = self.running.start(client);
+        let response = <DfSessionService as ExtendedQueryHandler>::do_query(
+            &service, client, portal, max_rows,
+        )
+        .await?;
+        Ok(control.watch(response))
+    }
+}
+
+/// Parses (and plans) extended-protocol statements in the connection's database.
+#[derive(Debug)]
+struct RoutingParser {
+    sessions: Arc<Sessions>,
+}
+
+#[async_trait]
+impl QueryParser for RoutingParser {
+    type Statement = Statement;
+
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<Statement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let service = self.sessions.service(client)?;
+        let parser: Arc<Parser> = service.query_parser();
+        let sql = rewrite_grafana_search_path(sql);
+        parser.parse_sql(client, &sql, types).await
+    }
+
+    fn get_parameter_types(&self, stmt: &Statement) -> PgWireResult<Vec<Type>> {
+        // Planning is done; the types come from the plan alone, whatever the database.
+        self.any_parser()?.get_parameter_types(stmt)
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &Statement,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        self.any_parser()?.get_result_schema(stmt, column_format)
+    }
+}
+
+impl RoutingParser {
+    fn any_parser(&self) -> PgWireResult<Arc<Parser>> {
+        let services = self.sessions.services.lock().expect("sessions lock");
+        match services.values().next() {
+            Some(service) => Ok(service.query_parser()),
+            None => Err(user_error(
+                "ERROR",
+                "26000",
+                "no statement has been prepared".to_owned(),
+            )),
+        }
+    }
+}
+
+/// Gives DataFusion's errors the SQLSTATEs PostgreSQL would use, so drivers and tools
+/// recognise them (42601 syntax, 42P01 unknown table, 42703 unknown column, ...).
+#[derive(Debug)]
+struct SqlStateErrors;
+
+impl ErrorHandler for SqlStateErrors {
+    fn on_error<C>(&self, _client: &C, error: &mut PgWireError)
+    where
+        C: ClientInfo,
+    {
+        let PgWireError::ApiError(inner) = error else {
+            return;
+        };
+        let (code, message) = if let Some(e) = inner.downcast_ref::<DataFusionError>() {
+            (
+                gannet_query::error::sqlstate(e),
+                gannet_query::error::message(e),
+            )
+        } else if let Some(e) = inner.downcast_ref::<sqlparser::parser::ParserError>() {
+            ("42601", e.to_string())
+        } else {
+            ("XX000", inner.to_string())
+        };
+        tracing::debug!(code, %message, "query failed");
+        *error = user_error("ERROR", code, message);
+    }
+}

@@ -149,7 +149,11 @@ fn check(dir: &Path, acked: &BTreeSet<(usize, usize)>) {
         .iter()
         .map(|s| s.rows as usize)
         .sum::<usize>()
-        + snapshot.buffer.iter().map(|b| b.num_rows()).sum::<usize>();
+        + snapshot
+            .buffer
+            .iter()
+            .map(|(_, b)| b.num_rows())
+            .sum::<usize>();
     assert_eq!(raw, table.num_rows(), "some rows are stored twice");
     db.close().unwrap();
 }

@@ -1,24 +1,51 @@
 //! A Gannet table as a DataFusion [`TableProvider`].
 //!
 //! A scan takes one consistent snapshot of the table (buffered batches, segments,
-//! tombstones) and reads it with [`TableSnapshot::read_all`]: every point once, the last
-//! write winning field by field, deleted rows gone. This first version reads the whole table
-//! into memory at plan time; pruning segments by time and tags and streaming Parquet scans
-//! of windows that need no merging come next (see docs/architecture.md, "Not yet").
+//! tombstones) and plans it window by window (storage partitions time into windows, and a
+//! point's versions all live in its window):
 //!
-//! [`TableSnapshot::read_all`]: gannet_storage::TableSnapshot::read_all
+//! - Windows and segments outside the query's time range are dropped before anything is
+//!   opened ([`TimeRange`], from the pushed-down filters).
+//! - A window held by one segment alone, with no buffered rows and no delete hiding any of
+//!   its rows, is read straight from Parquet: one `DataSourceExec` over all such files, with
+//!   the query's filters as the Parquet predicate (row groups and pages pruned by their
+//!   statistics) and its projection.
+//! - Every other window is merged at plan time ([`TableSnapshot::read_merged`]): its
+//!   overlapping segments and buffered batches, deletes applied, each point once with the
+//!   last write winning field by field.
+//!
+//! The Parquet reader holds the snapshot, so compaction cannot delete a file the plan will
+//! read.
+//!
+//! [`TableSnapshot::read_merged`]: gannet_storage::TableSnapshot::read_merged
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::datasource::TableType;
+use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::parquet::{
+    DefaultParquetFileReaderFactory, ParquetFileReaderFactory,
+};
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result};
-use datafusion::logical_expr::Expr;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 use datafusion::physical_plan::ExecutionPlan;
-use gannet_storage::Engine;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use datafusion::physical_plan::union::UnionExec;
+use gannet_storage::catalog::SegmentMeta;
+use gannet_storage::{Engine, TableSnapshot};
 
 #[derive(Debug)]
 pub struct GannetTable {
@@ -49,26 +76,268 @@ impl TableProvider for GannetTable {
         TableType::Base
     }
 
+    /// Every filter is used to prune (time ranges) or as a Parquet predicate, but none
+    /// exactly: DataFusion still filters the rows.
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
+        filters: &[Expr],
+        limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let snapshot = self.engine.snapshot(&self.db, &self.table).ok_or_else(|| {
             DataFusionError::Plan(format!("table \"{}\" no longer exists", self.table))
         })?;
-        let batch = snapshot
-            .read_all()
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        // The snapshot's schema may have grown since planning began: keep the planned one.
-        let batch = gannet_storage::buffer::widen(&batch, &self.schema);
-        let plan = MemorySourceConfig::try_new_exec(
-            &[vec![batch]],
-            self.schema.clone(),
-            projection.cloned(),
-        )?;
-        Ok(plan)
+        let snapshot = Arc::new(snapshot);
+        let range = TimeRange::from_filters(filters);
+        let plan = WindowPlan::new(&snapshot, range);
+
+        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        if !plan.direct.is_empty() {
+            inputs.push(self.parquet_scan(
+                state,
+                &snapshot,
+                &plan.direct,
+                projection,
+                filters,
+                limit,
+            )?);
+        }
+        if !plan.merged.is_empty() {
+            let mut batches = Vec::new();
+            for (segments, buffered) in plan.merged.values() {
+                let merged = snapshot
+                    .read_merged(segments.iter().copied(), buffered.iter().copied())
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                // The snapshot's schema may have grown since planning began: keep the planned one.
+                batches.push(gannet_storage::buffer::widen(&merged, &self.schema));
+            }
+            inputs.push(MemorySourceConfig::try_new_exec(
+                &[batches],
+                self.schema.clone(),
+                projection.cloned(),
+            )?);
+        }
+        Ok(match inputs.len() {
+            0 => {
+                let schema = match projection {
+                    Some(p) => Arc::new(self.schema.project(p)?),
+                    None => self.schema.clone(),
+                };
+                Arc::new(EmptyExec::new(schema))
+            }
+            1 => inputs.pop().expect("one input"),
+            _ => UnionExec::try_new(inputs)?,
+        })
+    }
+}
+
+impl GannetTable {
+    /// One Parquet scan over the segments that need no merging, spread over the session's
+    /// target partitions.
+    fn parquet_scan(
+        &self,
+        state: &dyn Session,
+        snapshot: &Arc<TableSnapshot>,
+        segments: &[&SegmentMeta],
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let url = ObjectStoreUrl::local_filesystem();
+        let store = state.runtime_env().object_store(&url)?;
+        let reader = PinningReaderFactory {
+            inner: DefaultParquetFileReaderFactory::new(store),
+            _snapshot: snapshot.clone(),
+        };
+        let mut source = ParquetSource::new(self.schema.clone())
+            .with_parquet_file_reader_factory(Arc::new(reader))
+            .with_enable_page_index(true);
+        if let Some(predicate) = conjunction(filters.iter().cloned()) {
+            let df_schema = DFSchema::try_from(self.schema.clone())?;
+            source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
+        }
+        let partitions = state.config().target_partitions().max(1);
+        let group_count = partitions.min(segments.len());
+        let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); group_count];
+        for (i, segment) in segments.iter().enumerate() {
+            let path = snapshot.segment_path(segment);
+            let file = PartitionedFile::new(path.to_string_lossy(), segment.bytes);
+            groups[i % group_count].push(file);
+        }
+        let config = FileScanConfigBuilder::new(url, Arc::new(source))
+            .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            .build();
+        Ok(DataSourceExec::from_data_source(config))
+    }
+}
+
+/// Reads Parquet files through DataFusion's default reader while holding the snapshot whose
+/// pins keep those files on disk.
+#[derive(Debug)]
+struct PinningReaderFactory {
+    inner: DefaultParquetFileReaderFactory,
+    _snapshot: Arc<TableSnapshot>,
+}
+
+impl ParquetFileReaderFactory for PinningReaderFactory {
+    fn create_reader(
+        &self,
+        partition_index: usize,
+        partitioned_file: PartitionedFile,
+        metadata_size_hint: Option<usize>,
+        metrics: &ExecutionPlanMetricsSet,
+    ) -> Result<Box<dyn AsyncFileReader + Send>> {
+        self.inner.create_reader(
+            partition_index,
+            partitioned_file,
+            metadata_size_hint,
+            metrics,
+        )
+    }
+}
+
+/// What a scan reads, window by window, within its time range.
+#[derive(Debug, Default)]
+struct WindowPlan<'a> {
+    /// Segments read straight from Parquet: each alone in its window.
+    direct: Vec<&'a SegmentMeta>,
+    /// Windows merged in memory: their segments and buffered batches, oldest first.
+    #[allow(clippy::type_complexity)]
+    merged: BTreeMap<i64, (Vec<&'a SegmentMeta>, Vec<&'a RecordBatch>)>,
+}
+
+impl<'a> WindowPlan<'a> {
+    fn new(snapshot: &'a TableSnapshot, range: TimeRange) -> WindowPlan<'a> {
+        let mut windows: BTreeMap<i64, (Vec<&SegmentMeta>, Vec<&RecordBatch>)> = BTreeMap::new();
+        for segment in &snapshot.segments {
+            if range.overlaps(segment.min_time, segment.max_time) {
+                windows
+                    .entry(segment.window_start)
+                    .or_default()
+                    .0
+                    .push(segment);
+            }
+        }
+        for (window, batch) in &snapshot.buffer {
+            let last = window.saturating_add(snapshot.window - 1);
+            if range.overlaps(*window, last) {
+                windows.entry(*window).or_default().1.push(batch);
+            }
+        }
+        let mut plan = WindowPlan::default();
+        for (window, (segments, buffered)) in windows {
+            match (segments.as_slice(), buffered.is_empty()) {
+                ([only], true) if !snapshot.has_deletes(only) => plan.direct.push(only),
+                _ => {
+                    plan.merged.insert(window, (segments, buffered));
+                }
+            }
+        }
+        plan
+    }
+}
+
+/// The times (nanoseconds, inclusive) a query's filters allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeRange {
+    pub min: i64,
+    pub max: i64,
+}
+
+impl TimeRange {
+    pub const ALL: TimeRange = TimeRange {
+        min: i64::MIN,
+        max: i64::MAX,
+    };
+
+    /// The range the conjunction of `filters` allows for the column `time`: comparisons
+    /// of `time` with timestamp literals and `BETWEEN`, under `AND`. Anything else allows
+    /// every time.
+    pub fn from_filters(filters: &[Expr]) -> TimeRange {
+        let mut range = TimeRange::ALL;
+        for filter in filters {
+            range.narrow(filter);
+        }
+        range
+    }
+
+    fn narrow(&mut self, expr: &Expr) {
+        match expr {
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                if *op == Operator::And {
+                    self.narrow(left);
+                    self.narrow(right);
+                } else if let (Some(()), Some(t)) = (time_column(left), timestamp(right)) {
+                    self.apply(*op, t);
+                } else if let (Some(t), Some(()), Some(op)) =
+                    (timestamp(left), time_column(right), op.swap())
+                {
+                    self.apply(op, t);
+                }
+            }
+            Expr::Between(Between {
+                expr,
+                negated: false,
+                low,
+                high,
+            }) if time_column(expr).is_some() => {
+                if let Some(low) = timestamp(low) {
+                    self.apply(Operator::GtEq, low);
+                }
+                if let Some(high) = timestamp(high) {
+                    self.apply(Operator::LtEq, high);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn apply(&mut self, op: Operator, t: i64) {
+        match op {
+            Operator::Gt => self.min = self.min.max(t.saturating_add(1)),
+            Operator::GtEq => self.min = self.min.max(t),
+            Operator::Lt => self.max = self.max.min(t.saturating_sub(1)),
+            Operator::LtEq => self.max = self.max.min(t),
+            Operator::Eq => {
+                self.min = self.min.max(t);
+                self.max = self.max.min(t);
+            }
+            _ => {}
+        }
+    }
+
+    fn overlaps(&self, min: i64, max: i64) -> bool {
+        min <= self.max && max >= self.min
+    }
+}
+
+fn time_column(expr: &Expr) -> Option<()> {
+    match expr {
+        Expr::Column(c) if c.name == "time" => Some(()),
+        _ => None,
+    }
+}
+
+/// A timestamp literal in nanoseconds.
+fn timestamp(expr: &Expr) -> Option<i64> {
+    let Expr::Literal(value, _) = expr else {
+        return None;
+    };
+    match value {
+        ScalarValue::TimestampNanosecond(Some(v), _) => Some(*v),
+        ScalarValue::TimestampMicrosecond(Some(v), _) => v.checked_mul(1_000),
+        ScalarValue::TimestampMillisecond(Some(v), _) => v.checked_mul(1_000_000),
+        ScalarValue::TimestampSecond(Some(v), _) => v.checked_mul(1_000_000_000),
+        _ => None,
     }
 }

@@ -143,3 +143,171 @@ async fn a_session_sees_its_own_database_as_postgres_does() {
         .to_string();
     assert_eq!(err, "database \"absent\" does not exist");
 }
+
+/// Four ten-minute windows: 0 s in one segment, 600 s in two segments (an overwrite),
+/// 1200 s in a segment and the buffer, 1800 s in the buffer alone.
+fn four_windows(dir: &std::path::Path) -> Arc<Engine> {
+    let engine = engine(dir);
+    let write = |body: &[u8]| {
+        engine.write_lp("m", body, Precision::Second).unwrap();
+    };
+    write(b"cpu,host=a u=1 10\ncpu,host=b u=2 10\ncpu,host=a u=3 610\ncpu,host=a u=5 1210");
+    engine.flush().unwrap();
+    write(b"cpu,host=a u=4 610");
+    engine.flush().unwrap();
+    write(b"cpu,host=a u=6 1210\ncpu,host=b u=7 1210\ncpu,host=a u=8 1810");
+    engine
+}
+
+#[tokio::test]
+async fn windows_read_from_parquet_and_merged_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let query = QueryEngine::new(four_windows(dir.path()));
+    assert_eq!(
+        show(
+            &query,
+            "m",
+            "SELECT host, u, CAST(time AS BIGINT) / 1000000000 AS t FROM cpu ORDER BY t, host"
+        )
+        .await,
+        "+------+-----+------+\n\
+         | host | u   | t    |\n\
+         +------+-----+------+\n\
+         | a    | 1.0 | 10   |\n\
+         | b    | 2.0 | 10   |\n\
+         | a    | 4.0 | 610  |\n\
+         | a    | 6.0 | 1210 |\n\
+         | b    | 7.0 | 1210 |\n\
+         | a    | 8.0 | 1810 |\n\
+         +------+-----+------+"
+    );
+    assert_eq!(
+        show(
+            &query,
+            "m",
+            "SELECT count(*) AS n, sum(u) AS total FROM cpu \
+             WHERE time >= '1970-01-01T00:10:00Z' AND time < '1970-01-01T00:30:00Z'"
+        )
+        .await,
+        "+---+-------+\n| n | total |\n+---+-------+\n| 3 | 17.0  |\n+---+-------+"
+    );
+}
+
+/// The plan of a query, as EXPLAIN prints it.
+async fn physical_plan(query: &QueryEngine, sql: &str) -> String {
+    let batches = query.sql("m", &format!("EXPLAIN {sql}")).await.unwrap();
+    let plan = pretty_format_batches(&batches).unwrap().to_string();
+    plan.lines()
+        .skip_while(|l| !l.contains("physical_plan"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn a_time_range_prunes_windows_and_segments_before_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = four_windows(dir.path());
+    let first_window: Vec<_> = engine
+        .snapshot("m", "cpu")
+        .unwrap()
+        .segments
+        .iter()
+        .filter(|s| s.window_start == 0)
+        .map(|s| dir.path().join(&s.path))
+        .collect();
+    assert_eq!(first_window.len(), 1);
+    let query = QueryEngine::new(engine);
+
+    // The first window alone is one Parquet file, read straight with the filters as its
+    // predicate and only the columns asked for; the others are not in the plan.
+    let sql = "SELECT host, u FROM cpu WHERE time < '1970-01-01T00:05:00Z' AND host = 'a'";
+    let plan = physical_plan(&query, sql).await;
+    assert_eq!(plan.matches(".parquet").count(), 1, "{plan}");
+    assert!(plan.contains("DataSourceExec"), "{plan}");
+    assert!(plan.contains("projection=[host, u"), "{plan}");
+    assert!(plan.contains("predicate="), "{plan}");
+    assert!(!plan.contains("MemorySourceConfig"), "{plan}");
+    assert_eq!(
+        show(&query, "m", sql).await,
+        "+------+-----+\n| host | u   |\n+------+-----+\n| a    | 1.0 |\n+------+-----+"
+    );
+
+    // Without the first window's file, a query that needs it fails and one that does not
+    // still answers: pruned files are never opened.
+    for file in &first_window {
+        std::fs::rename(file, file.with_extension("moved")).unwrap();
+    }
+    assert!(query.sql("m", "SELECT count(*) FROM cpu").await.is_err());
+    assert_eq!(
+        show(
+            &query,
+            "m",
+            "SELECT count(*) AS n FROM cpu WHERE time > '1970-01-01T00:10:00Z'"
+        )
+        .await,
+        "+---+\n| n |\n+---+\n| 4 |\n+---+"
+    );
+}
+
+#[tokio::test]
+async fn a_window_with_deletes_is_merged_and_hides_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    engine
+        .write_lp(
+            "m",
+            b"cpu,host=a u=1 10\ncpu,host=b u=2 10",
+            Precision::Second,
+        )
+        .unwrap();
+    engine.flush().unwrap();
+    let query = QueryEngine::new(engine.clone());
+    let sql = "SELECT host FROM cpu ORDER BY host";
+    assert!(physical_plan(&query, sql).await.contains("DataSourceExec"));
+    let only_b = DeletePredicate {
+        tags: vec![("host".into(), "b".into())],
+        ..DeletePredicate::all()
+    };
+    engine.delete("m", "cpu", only_b).unwrap();
+    let plan = physical_plan(&query, sql).await;
+    assert!(!plan.contains(".parquet"), "{plan}");
+    assert_eq!(
+        show(&query, "m", sql).await,
+        "+------+\n| host |\n+------+\n| a    |\n+------+"
+    );
+}
+
+#[test]
+fn time_ranges_from_filters() {
+    use datafusion::logical_expr::{col, lit};
+    use datafusion::scalar::ScalarValue;
+    let ts = |s: i64| lit(ScalarValue::TimestampSecond(Some(s), None));
+    let range = |filters: Vec<datafusion::logical_expr::Expr>| {
+        let r = table::TimeRange::from_filters(&filters);
+        (r.min, r.max)
+    };
+    let s = 1_000_000_000;
+    assert_eq!(range(vec![col("time").gt(ts(10))]), (10 * s + 1, i64::MAX));
+    assert_eq!(
+        range(vec![col("time").gt_eq(ts(10)).and(col("time").lt(ts(20)))]),
+        (10 * s, 20 * s - 1)
+    );
+    assert_eq!(range(vec![ts(20).gt(col("time"))]), (i64::MIN, 20 * s - 1));
+    assert_eq!(
+        range(vec![
+            col("time").between(ts(1), ts(2)),
+            col("host").eq(lit("a"))
+        ]),
+        (s, 2 * s)
+    );
+    assert_eq!(range(vec![col("time").eq(ts(5))]), (5 * s, 5 * s));
+    // OR, NOT BETWEEN and other columns do not narrow.
+    assert_eq!(
+        range(vec![col("time").gt(ts(10)).or(col("time").lt(ts(1)))]),
+        (i64::MIN, i64::MAX)
+    );
+    assert_eq!(
+        range(vec![col("time").not_between(ts(1), ts(2))]),
+        (i64::MIN, i64::MAX)
+    );
+}

@@ -138,14 +138,17 @@ impl Buffer {
     }
 
     /// The batches of a table, oldest write first.
-    pub fn table_batches(&self, db: &str, table: &str) -> Vec<RecordBatch> {
+    /// A table's buffered batches with their windows' starts, oldest write first.
+    pub fn table_batches(&self, db: &str, table: &str) -> Vec<(i64, RecordBatch)> {
         let Some(chunks) = self.tables.get(&(db.to_owned(), table.to_owned())) else {
             return Vec::new();
         };
-        let mut all: Vec<&(u64, RecordBatch)> =
-            chunks.values().flat_map(|c| c.batches.iter()).collect();
-        all.sort_by_key(|(seq, _)| *seq);
-        all.into_iter().map(|(_, b)| b.clone()).collect()
+        let mut all: Vec<(u64, i64, &RecordBatch)> = chunks
+            .iter()
+            .flat_map(|(window, c)| c.batches.iter().map(move |(seq, b)| (*seq, *window, b)))
+            .collect();
+        all.sort_by_key(|(seq, _, _)| *seq);
+        all.into_iter().map(|(_, w, b)| (w, b.clone())).collect()
     }
 
     pub fn chunks(&self) -> impl Iterator<Item = (ChunkKey, &Chunk)> {

@@ -56,8 +56,11 @@ pub struct TableSnapshot {
     pub schema: SchemaRef,
     /// Segments, oldest writes first.
     pub segments: Vec<SegmentMeta>,
-    /// Buffered batches, oldest first; every one is newer than every segment.
-    pub buffer: Vec<RecordBatch>,
+    /// Buffered batches with the start of their window, oldest first; every one is newer
+    /// than every segment.
+    pub buffer: Vec<(i64, RecordBatch)>,
+    /// The length of a time window in nanoseconds: window `w` holds times in `[w, w + window)`.
+    pub window: i64,
     /// Deletes that hide rows of some of the segments (see [`Tombstone::applies_to`]).
     pub tombstones: Vec<Tombstone>,
     pub data_dir: PathBuf,
@@ -83,16 +86,33 @@ impl TableSnapshot {
         self.data_dir.join(&segment.path)
     }
 
+    /// Whether any delete hides rows of `segment`.
+    pub fn has_deletes(&self, segment: &SegmentMeta) -> bool {
+        self.tombstones.iter().any(|t| t.applies_to(segment))
+    }
+
     /// Reads the whole table: one row per point, last write winning, sorted by tags and time.
     pub fn read_all(&self) -> Result<RecordBatch> {
+        self.read_merged(&self.segments, self.buffer.iter().map(|(_, b)| b))
+    }
+
+    /// Reads some of the snapshot's segments and buffered batches as one: one row per point,
+    /// last write winning, deleted rows gone, sorted by tags and time. Both must come in the
+    /// snapshot's order (oldest writes first), and must include every version of the points
+    /// they hold: all the segments and batches of a time window that overlap a time range.
+    pub fn read_merged<'a>(
+        &self,
+        segments: impl IntoIterator<Item = &'a SegmentMeta>,
+        buffered: impl IntoIterator<Item = &'a RecordBatch>,
+    ) -> Result<RecordBatch> {
         let mut batches = Vec::new();
-        for seg in &self.segments {
+        for seg in segments {
             let rows = segment::read(&self.segment_path(seg))?;
             let deleted = self.deleted_rows(seg, &rows);
             let rows = remove_rows(rows, &deleted);
             batches.extend(rows.iter().map(|b| widen(b, &self.schema)));
         }
-        batches.extend(self.buffer.iter().map(|b| widen(b, &self.schema)));
+        batches.extend(buffered.into_iter().map(|b| widen(b, &self.schema)));
         Ok(dedup_sort(&self.schema, &batches)?)
     }
 }
@@ -412,6 +432,7 @@ impl Engine {
             schema: def.schema(),
             segments,
             buffer: buffer.table_batches(db, table),
+            window: self.config.window.as_nanos() as i64,
             tombstones: def.tombstones.clone(),
             data_dir: self.config.data_dir.clone(),
             _pins: pins,

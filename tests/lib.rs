@@ -3,6 +3,7 @@
 mod support;
 
 mod crash;
+mod examples;
 mod http_api;
 mod import;
 mod parquet_readers;

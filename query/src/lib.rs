@@ -29,6 +29,7 @@ use gannet_storage::Engine;
 
 pub mod catalog;
 pub mod error;
+pub mod functions;
 pub mod table;
 
 pub use datafusion;
@@ -78,6 +79,7 @@ impl QueryEngine {
             db,
             Arc::new(catalog::DatabaseCatalog::new(self.engine.clone(), db)),
         );
+        functions::register(&ctx);
         ctx
     }
 

@@ -311,3 +311,62 @@ fn time_ranges_from_filters() {
         (i64::MIN, i64::MAX)
     );
 }
+
+#[tokio::test]
+async fn time_bucket_and_the_first_and_last_selectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let query = QueryEngine::new(four_windows(dir.path()));
+    assert_eq!(
+        show(
+            &query,
+            "m",
+            "SELECT host, first(u, time) AS first_u, last(u, time) AS last_u, \
+             last(CAST(time AS BIGINT) / 1000000000, time) AS last_t \
+             FROM cpu GROUP BY host ORDER BY host"
+        )
+        .await,
+        "+------+---------+--------+--------+\n\
+         | host | first_u | last_u | last_t |\n\
+         +------+---------+--------+--------+\n\
+         | a    | 1.0     | 8.0    | 1810   |\n\
+         | b    | 2.0     | 7.0    | 1210   |\n\
+         +------+---------+--------+--------+"
+    );
+    assert_eq!(
+        show(
+            &query,
+            "m",
+            "SELECT time_bucket(INTERVAL '20 minutes', time) AS bucket, count(*) AS n, \
+             max(u) AS top FROM cpu GROUP BY 1 ORDER BY 1"
+        )
+        .await,
+        "+---------------------+---+-----+\n\
+         | bucket              | n | top |\n\
+         +---------------------+---+-----+\n\
+         | 1970-01-01T00:00:00 | 3 | 4.0 |\n\
+         | 1970-01-01T00:20:00 | 3 | 8.0 |\n\
+         +---------------------+---+-----+"
+    );
+    // Weeks start on Monday, as in TimescaleDB (date_bin's 1970 origin is a Thursday); the
+    // interval may be a string, as PostgreSQL coerces it.
+    assert_eq!(
+        show(
+            &query,
+            "m",
+            "SELECT time_bucket('1 week', TIMESTAMP '2023-11-15 12:00:00') AS week, \
+             date_bin(INTERVAL '1 week', TIMESTAMP '2023-11-15 12:00:00') AS thursday"
+        )
+        .await,
+        "+---------------------+---------------------+\n\
+         | week                | thursday            |\n\
+         +---------------------+---------------------+\n\
+         | 2023-11-13T00:00:00 | 2023-11-09T00:00:00 |\n\
+         +---------------------+---------------------+"
+    );
+    let err = query
+        .sql("m", "SELECT first(u, host) FROM cpu")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("orders by a timestamp"), "{err}");
+}

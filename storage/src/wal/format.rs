@@ -10,10 +10,8 @@
 //!                   ipc = one Arrow IPC stream holding the table's batch
 //! ```
 
-use std::io::Cursor;
-
-use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
+use arrow::record_batch::RecordBatch;
 
 use crate::delete::DeletePredicate;
 use crate::validate::TableBatch;
@@ -186,6 +184,16 @@ pub fn encode_entry(entry: &WalEntry) -> Vec<u8> {
 }
 
 /// Decodes a payload written by [`encode_entry`].
+/// The one record batch of an Arrow IPC stream. The push decoder grows its buffers with the
+/// bytes actually there; a reader would first allocate whatever length a damaged message
+/// claims (a 9-byte payload can claim 1.3 GB).
+fn decode_batch(ipc: &[u8]) -> Result<RecordBatch, String> {
+    let mut buffer = arrow::buffer::Buffer::from(ipc.to_vec());
+    let mut decoder = arrow::ipc::reader::StreamDecoder::new();
+    let batch = decoder.decode(&mut buffer).map_err(|e| e.to_string())?;
+    batch.ok_or_else(|| "no record batch".to_owned())
+}
+
 pub fn decode_entry(payload: &[u8]) -> Result<WalEntry, FormatError> {
     let mut r = Reader {
         bytes: payload,
@@ -200,11 +208,7 @@ pub fn decode_entry(payload: &[u8]) -> Result<WalEntry, FormatError> {
                 let table = r.str16()?;
                 let len = r.u32()? as usize;
                 let ipc = r.take(len)?;
-                let mut reader = StreamReader::try_new(Cursor::new(ipc), None)
-                    .map_err(|e| FormatError::Payload(format!("table {table}: {e}")))?;
-                let batch = reader
-                    .next()
-                    .ok_or_else(|| FormatError::Payload(format!("table {table}: no batch")))?
+                let batch = decode_batch(ipc)
                     .map_err(|e| FormatError::Payload(format!("table {table}: {e}")))?;
                 tables.push(TableBatch { table, batch });
             }

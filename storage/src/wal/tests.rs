@@ -198,3 +198,21 @@ async fn waiting_inside_an_async_runtime_does_not_panic() {
     assert_eq!(wal.append(entry("m v=1 1")).wait().unwrap(), 1);
     assert_eq!(wal.append(entry("m v=2 2")).wait_async().await.unwrap(), 2);
 }
+
+#[test]
+fn payloads_decode_and_damaged_ones_fail_without_trusting_their_lengths() {
+    let written = entry("cpu,host=a u=1 1\ncpu,host=b u=2 2\nmem,host=a free=3i 1");
+    let payload = format::encode_entry(&written);
+    let read = format::decode_entry(&payload).unwrap();
+    assert_eq!(rows(&read), 3);
+    // Found by the wal_decode fuzz target: a 9-byte Arrow stream whose first message claims
+    // 1.3 GB. It must fail as damaged, not allocate what it claims.
+    let fuzzed = [
+        0x01, 0x00, 0x00, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0x09, 0x00, 0x00, 0x00, 0x00,
+        0x4e, 0x14, 0x4e, 0x41, 0x47, 0x00, 0x00, 0x00,
+    ];
+    assert!(format::decode_entry(&fuzzed).is_err());
+    for cut in 0..payload.len() {
+        assert!(format::decode_entry(&payload[..cut]).is_err(), "cut at {cut}");
+    }
+}

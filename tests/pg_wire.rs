@@ -272,3 +272,42 @@ print("ok")
 "#;
     assert_eq!(run_python(script, &[&server.pg.to_string()]).trim(), "ok");
 }
+
+#[test]
+fn create_database_insert_and_delete_through_psql() {
+    let server = TestServer::start();
+    let (ok, out, err) = server.psql("postgres", &["-c", "CREATE DATABASE sensors"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "CREATE DATABASE\n");
+    let (_, _, err) = server.psql(
+        "postgres",
+        &["-v", "VERBOSITY=verbose", "-c", "CREATE DATABASE sensors"],
+    );
+    assert!(err.contains("42P04"), "{err}");
+
+    // INSERT needs the table: the first line-protocol write creates it.
+    let (status, _) = server.curl(
+        "POST",
+        "/api/v3/write_lp?db=sensors",
+        &[],
+        Some(b"air,room=hall temp=20 1700000000000000000"),
+    );
+    assert_eq!(status, 204);
+    let (ok, out, err) = server.psql(
+        "sensors",
+        &[
+            "-c",
+            "INSERT INTO air (time, room, temp) VALUES ('2023-11-14 22:13:30', 'hall', 21.5), \
+             ('2023-11-14 22:13:30', 'attic', 30)",
+            "-c",
+            "DELETE FROM air WHERE room = 'attic'",
+            "-A",
+            "-t",
+            "-c",
+            "SELECT room, temp FROM air ORDER BY time",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.starts_with("INSERT 0 2\n"), "{out}");
+    assert!(out.ends_with("hall|20.0\nhall|21.5\n"), "{out}");
+}

@@ -25,9 +25,11 @@ use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
 use datafusion::execution::context::{SessionConfig, SessionContext};
+use datafusion::sql::sqlparser::ast::Statement;
 use gannet_storage::Engine;
 
 pub mod catalog;
+pub mod dml;
 pub mod error;
 pub mod functions;
 pub mod table;
@@ -38,6 +40,10 @@ pub use datafusion;
 pub enum QueryError {
     #[error("database \"{0}\" does not exist")]
     UnknownDatabase(String),
+    #[error("database \"{0}\" already exists")]
+    DatabaseExists(String),
+    #[error(transparent)]
+    Storage(#[from] gannet_storage::Error),
     #[error(transparent)]
     DataFusion(#[from] datafusion::error::DataFusionError),
 }
@@ -85,9 +91,61 @@ impl QueryEngine {
 
     /// Runs one SQL statement in database `db` and collects its result.
     pub async fn sql(&self, db: &str, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
+        if let Some(statement) = single_sql_statement(sql)
+            && let Some(done) = self.execute_own(&statement)
+        {
+            done?;
+            return Ok(Vec::new());
+        }
         let ctx = self.session(db)?;
         let frame = ctx.sql(sql).await?;
         Ok(frame.collect().await?)
+    }
+
+    /// Carries out the statements that are Gannet's rather than DataFusion's:
+    /// `CREATE DATABASE [IF NOT EXISTS] name`. Returns `None` for any other statement, and
+    /// the command tag of one it carried out.
+    pub fn execute_own(&self, statement: &Statement) -> Option<Result<&'static str, QueryError>> {
+        match statement {
+            Statement::CreateDatabase {
+                db_name,
+                if_not_exists,
+                ..
+            } => {
+                let name = match db_name.0.as_slice() {
+                    [part] => part.as_ident().map(|i| i.value.clone()),
+                    _ => None,
+                };
+                let Some(name) = name else {
+                    return Some(Err(QueryError::DataFusion(
+                        datafusion::error::DataFusionError::Plan(format!(
+                            "CREATE DATABASE takes a plain name, not {db_name}"
+                        )),
+                    )));
+                };
+                Some(match self.engine.create_database(&name) {
+                    Ok(true) => Ok("CREATE DATABASE"),
+                    Ok(false) if *if_not_exists => Ok("CREATE DATABASE"),
+                    Ok(false) => Err(QueryError::DatabaseExists(name)),
+                    Err(e) => Err(e.into()),
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// `sql` as one SQL statement, if it is one (DataFusion reports what else it may be).
+fn single_sql_statement(sql: &str) -> Option<Statement> {
+    use datafusion::sql::parser::{DFParserBuilder, Statement as DFStatement};
+    let mut statements = DFParserBuilder::new(sql)
+        .with_dialect(&datafusion::sql::sqlparser::dialect::PostgreSqlDialect {})
+        .build()
+        .and_then(|mut p| p.parse_statements())
+        .ok()?;
+    match (statements.pop_front(), statements.is_empty()) {
+        (Some(DFStatement::Statement(statement)), true) => Some(*statement),
+        _ => None,
     }
 }
 

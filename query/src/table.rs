@@ -34,9 +34,11 @@ use datafusion::datasource::physical_plan::parquet::{
     DefaultParquetFileReaderFactory, ParquetFileReaderFactory,
 };
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::sink::DataSinkExec;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
@@ -83,6 +85,43 @@ impl TableProvider for GannetTable {
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    /// `INSERT`: the rows go through the line-protocol write path.
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if insert_op != InsertOp::Append {
+            return Err(DataFusionError::NotImplemented(format!(
+                "INSERT {insert_op}: Gannet tables take appends; writing a point again \
+                 overwrites the fields it carries"
+            )));
+        }
+        let sink = crate::dml::LineProtocolSink {
+            engine: self.engine.clone(),
+            db: self.db.clone(),
+            table: self.table.clone(),
+            schema: self.schema.clone(),
+        };
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+
+    /// `DELETE`: a tombstone over a time range and tag values.
+    async fn delete_from(
+        &self,
+        _state: &dyn Session,
+        filters: Vec<Expr>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let predicate = crate::dml::delete_predicate(&filters, &self.schema)?;
+        Ok(Arc::new(crate::dml::DeleteExec::new(
+            self.engine.clone(),
+            &self.db,
+            &self.table,
+            predicate,
+        )))
     }
 
     async fn scan(

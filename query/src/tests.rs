@@ -6,6 +6,21 @@ fn engine(dir: &std::path::Path) -> Arc<Engine> {
     Engine::open(EngineConfig::test_config(dir)).unwrap()
 }
 
+/// The one value a statement answers (a count, an aggregate), as text.
+async fn scalar(query: &QueryEngine, db: &str, sql: &str) -> String {
+    let batches = query
+        .sql(db, sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    assert_eq!(
+        batches.iter().map(|b| b.num_rows()).sum::<usize>(),
+        1,
+        "{sql}"
+    );
+    let batch = batches.iter().find(|b| b.num_rows() == 1).unwrap();
+    arrow::util::display::array_value_to_string(batch.column(0), 0).unwrap()
+}
+
 async fn show(query: &QueryEngine, db: &str, sql: &str) -> String {
     let batches = query
         .sql(db, sql)
@@ -239,13 +254,13 @@ async fn a_time_range_prunes_windows_and_segments_before_reading() {
     }
     assert!(query.sql("m", "SELECT count(*) FROM cpu").await.is_err());
     assert_eq!(
-        show(
+        scalar(
             &query,
             "m",
             "SELECT count(*) AS n FROM cpu WHERE time > '1970-01-01T00:10:00Z'"
         )
         .await,
-        "+---+\n| n |\n+---+\n| 4 |\n+---+"
+        "4"
     );
 }
 
@@ -369,4 +384,146 @@ async fn time_bucket_and_the_first_and_last_selectors() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("orders by a timestamp"), "{err}");
+}
+
+#[tokio::test]
+async fn insert_writes_like_line_protocol_and_overwrites_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    engine
+        .write_lp(
+            "m",
+            b"cpu,host=a,dc=x u=1,n=1i,ok=true,note=\"hi\" 10",
+            Precision::Second,
+        )
+        .unwrap();
+    let query = QueryEngine::new(engine);
+    assert_eq!(
+        show(
+            &query,
+            "m",
+            "INSERT INTO cpu (time, host, u, note) VALUES \
+             ('1970-01-01T00:00:10Z', 'a', 2.5, 'say \"hi\", \\ = ok'), \
+             ('1970-01-01T00:00:20Z', 'b c', 0.1, NULL)"
+        )
+        .await,
+        "+-------+\n| count |\n+-------+\n| 2     |\n+-------+"
+    );
+    // host=a at 10 s is the same point: u and note are overwritten, n and ok kept; dc is a
+    // tag, so the INSERT without dc is another series.
+    assert_eq!(
+        show(
+            &query,
+            "m",
+            "SELECT host, dc, u, n, ok, note, CAST(time AS BIGINT) / 1000000000 AS t \
+             FROM cpu ORDER BY host, dc, t"
+        )
+        .await,
+        "+------+----+-----+---+------+------------------+----+\n\
+         | host | dc | u   | n | ok   | note             | t  |\n\
+         +------+----+-----+---+------+------------------+----+\n\
+         | a    | x  | 1.0 | 1 | true | hi               | 10 |\n\
+         | a    |    | 2.5 |   |      | say \"hi\", \\ = ok | 10 |\n\
+         | b c  |    | 0.1 |   |      |                  | 20 |\n\
+         +------+----+-----+---+------+------------------+----+"
+    );
+    let err = query
+        .sql(
+            "m",
+            "INSERT INTO cpu (time, host) VALUES ('1970-01-01T00:00:30Z', 'a')",
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("at least one field"), "{err}");
+    let err = query
+        .sql(
+            "m",
+            "INSERT INTO cpu (time, u) VALUES ('1970-01-01T00:00:30Z', 'NaN')",
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot be stored"), "{err}");
+    assert_eq!(
+        scalar(&query, "m", "SELECT count(*) AS n FROM cpu").await,
+        "3"
+    );
+}
+
+#[tokio::test]
+async fn delete_hides_a_time_range_of_some_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let query = QueryEngine::new(four_windows(dir.path()));
+    assert_eq!(
+        scalar(
+            &query,
+            "m",
+            "DELETE FROM cpu WHERE host = 'a' AND time >= '1970-01-01T00:10:00Z' \
+             AND time < '1970-01-01T00:30:00Z'"
+        )
+        .await,
+        "2"
+    );
+    assert_eq!(
+        show(
+            &query,
+            "m",
+            "SELECT host, CAST(time AS BIGINT) / 1000000000 AS t FROM cpu ORDER BY t, host"
+        )
+        .await,
+        "+------+------+\n\
+         | host | t    |\n\
+         +------+------+\n\
+         | a    | 10   |\n\
+         | b    | 10   |\n\
+         | b    | 1210 |\n\
+         | a    | 1810 |\n\
+         +------+------+"
+    );
+    for (sql, expected) in [
+        (
+            "DELETE FROM cpu WHERE u > 1",
+            "DELETE can match tags and time only",
+        ),
+        (
+            "DELETE FROM cpu WHERE host = 'a' OR host = 'b'",
+            "conjunctions (AND)",
+        ),
+    ] {
+        let err = query.sql("m", sql).await.unwrap_err().to_string();
+        assert!(err.contains(expected), "{sql}: {err}");
+    }
+    assert_eq!(scalar(&query, "m", "DELETE FROM cpu").await, "4");
+    assert_eq!(
+        scalar(&query, "m", "SELECT count(*) AS n FROM cpu").await,
+        "0"
+    );
+}
+
+#[tokio::test]
+async fn create_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let query = QueryEngine::new(engine(dir.path()));
+    assert!(query.sql("new_db", "SELECT 1").await.is_err());
+    query
+        .sql("anything", "CREATE DATABASE new_db")
+        .await
+        .unwrap();
+    assert_eq!(
+        show(&query, "new_db", "SELECT 1 AS one").await,
+        "+-----+\n| one |\n+-----+\n| 1   |\n+-----+"
+    );
+    let err = query
+        .sql("new_db", "CREATE DATABASE new_db")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, QueryError::DatabaseExists(_)), "{err}");
+    query
+        .sql("new_db", "CREATE DATABASE IF NOT EXISTS new_db")
+        .await
+        .unwrap();
+    let long = format!("CREATE DATABASE \"{}\"", "x".repeat(300));
+    let err = query.sql("x", &long).await.unwrap_err().to_string();
+    assert!(err.contains("invalid name"), "{err}");
 }

@@ -328,6 +328,11 @@ async fn query(state: Arc<HttpState>, params: QueryParams) -> Result<Response, A
             message: e.to_string(),
         },
         QueryError::DataFusion(e) => ApiError::bad_request(gannet_query::error::message(&e)),
+        QueryError::DatabaseExists(_) => ApiError {
+            status: StatusCode::CONFLICT,
+            message: e.to_string(),
+        },
+        QueryError::Storage(e) => storage_error(e),
     })?;
     let body = encode(&batches, format).map_err(|e| ApiError {
         status: StatusCode::INTERNAL_SERVER_ERROR,

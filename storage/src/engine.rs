@@ -503,6 +503,22 @@ impl Engine {
 
     /// Sets (or clears) a database's retention period: data older than it is dropped by the
     /// flusher, and writes older than it are rejected. Creates the database if needed.
+    /// Creates an empty database; returns false if it already existed.
+    pub fn create_database(&self, name: &str) -> Result<bool> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let created = self
+            .catalog
+            .write()
+            .expect("catalog lock")
+            .create_database(name)?;
+        if created {
+            self.persist_catalog()?;
+        }
+        Ok(created)
+    }
+
     pub fn set_retention(&self, db: &str, retention: Option<Duration>) -> Result<()> {
         {
             let mut catalog = self.catalog.write().expect("catalog lock");

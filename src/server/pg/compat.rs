@@ -1,5 +1,5 @@
 //! What clients send that DataFusion and datafusion-pg-catalog do not handle as PostgreSQL
-//! does: Grafana's search-path subquery, savepoints, and a few functions.
+//! does: Grafana's search-path subquery, savepoints, `CREATE DATABASE`, and a few functions.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -90,15 +90,20 @@ pub(super) fn rewrite_grafana_search_path(sql: &str) -> Cow<'_, str> {
     }
 }
 
-/// `SAVEPOINT`, `RELEASE SAVEPOINT` and `ROLLBACK TO SAVEPOINT`, which drivers and ORMs
-/// (psycopg, SQLAlchemy) send around their statements. Gannet has no transactions (each
-/// write is durable on its own, as in InfluxDB), so like BEGIN and COMMIT they are accepted
-/// and do nothing.
+/// Statements DataFusion does not carry out as Gannet means them:
+///
+/// - `CREATE DATABASE`, Gannet's own, carried out by the query engine;
+/// - `SAVEPOINT`, `RELEASE SAVEPOINT` and `ROLLBACK TO SAVEPOINT`, which drivers and ORMs
+///   (psycopg, SQLAlchemy) send around their statements. Gannet has no transactions (each
+///   write is durable on its own, as in InfluxDB), so like BEGIN and COMMIT they are
+///   accepted and do nothing.
 #[derive(Debug)]
-pub(super) struct SavepointHook;
+pub(super) struct GannetStatementsHook {
+    pub(super) query: gannet_query::QueryEngine,
+}
 
-impl SavepointHook {
-    fn tag(statement: &sqlparser::ast::Statement) -> Option<&'static str> {
+impl GannetStatementsHook {
+    fn savepoint_tag(statement: &sqlparser::ast::Statement) -> Option<&'static str> {
         use sqlparser::ast::Statement;
         match statement {
             Statement::Savepoint { .. } => Some("SAVEPOINT"),
@@ -109,17 +114,42 @@ impl SavepointHook {
             _ => None,
         }
     }
+
+    fn handles(statement: &sqlparser::ast::Statement) -> bool {
+        Self::savepoint_tag(statement).is_some()
+            || matches!(statement, sqlparser::ast::Statement::CreateDatabase { .. })
+    }
+
+    fn run(&self, statement: &sqlparser::ast::Statement) -> Option<PgWireResult<Response>> {
+        if let Some(tag) = Self::savepoint_tag(statement) {
+            return Some(Ok(Response::Execution(Tag::new(tag))));
+        }
+        let done = self.query.execute_own(statement)?;
+        Some(match done {
+            Ok(tag) => Ok(Response::Execution(Tag::new(tag))),
+            Err(e) => {
+                let code = match &e {
+                    gannet_query::QueryError::DatabaseExists(_) => "42P04",
+                    gannet_query::QueryError::Storage(gannet_storage::Error::Catalog(
+                        gannet_storage::catalog::CatalogError::InvalidName { .. },
+                    )) => "42602",
+                    _ => "XX000",
+                };
+                Err(super::user_error("ERROR", code, e.to_string()))
+            }
+        })
+    }
 }
 
 #[async_trait]
-impl QueryHook for SavepointHook {
+impl QueryHook for GannetStatementsHook {
     async fn handle_simple_query(
         &self,
         statement: &sqlparser::ast::Statement,
         _session_context: &SessionContext,
         _client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        Self::tag(statement).map(|tag| Ok(Response::Execution(Tag::new(tag))))
+        self.run(statement)
     }
 
     async fn handle_extended_parse_query(
@@ -128,13 +158,15 @@ impl QueryHook for SavepointHook {
         _session_context: &SessionContext,
         _client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
-        Self::tag(statement)?;
-        Some(Ok(LogicalPlan::EmptyRelation(
-            datafusion::logical_expr::EmptyRelation {
-                produce_one_row: false,
-                schema: Arc::new(datafusion::common::DFSchema::empty()),
-            },
-        )))
+        // Nothing to plan: the statement is carried out when executed.
+        Self::handles(statement).then(|| {
+            Ok(LogicalPlan::EmptyRelation(
+                datafusion::logical_expr::EmptyRelation {
+                    produce_one_row: false,
+                    schema: Arc::new(datafusion::common::DFSchema::empty()),
+                },
+            ))
+        })
     }
 
     async fn handle_extended_query(
@@ -145,7 +177,7 @@ impl QueryHook for SavepointHook {
         _session_context: &SessionContext,
         _client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        Self::tag(statement).map(|tag| Ok(Response::Execution(Tag::new(tag))))
+        self.run(statement)
     }
 }
 

@@ -42,7 +42,7 @@ mod cancel;
 mod compat;
 
 use cancel::{Canceller, Running};
-use compat::{SavepointHook, register_functions, rewrite_grafana_search_path};
+use compat::{GannetStatementsHook, register_functions, rewrite_grafana_search_path};
 
 /// The database a connection gets when it names none, and which always exists (empty until
 /// written to), as PostgreSQL's `postgres` does: tools connect to it by default.
@@ -142,7 +142,9 @@ impl Sessions {
             .map_err(|e| PgWireError::ApiError(Box::new(*e)))?;
         register_functions(&ctx);
         let hooks: Vec<Arc<dyn QueryHook>> = vec![
-            Arc::new(SavepointHook),
+            Arc::new(GannetStatementsHook {
+                query: self.query.clone(),
+            }),
             Arc::new(CursorStatementHook),
             Arc::new(SetShowHook),
             Arc::new(TransactionStatementHook),

@@ -208,11 +208,14 @@ fn payloads_decode_and_damaged_ones_fail_without_trusting_their_lengths() {
     // Found by the wal_decode fuzz target: a 9-byte Arrow stream whose first message claims
     // 1.3 GB. It must fail as damaged, not allocate what it claims.
     let fuzzed = [
-        0x01, 0x00, 0x00, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0x09, 0x00, 0x00, 0x00, 0x00,
-        0x4e, 0x14, 0x4e, 0x41, 0x47, 0x00, 0x00, 0x00,
+        0x01, 0x00, 0x00, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0x09, 0x00, 0x00, 0x00, 0x00, 0x4e,
+        0x14, 0x4e, 0x41, 0x47, 0x00, 0x00, 0x00,
     ];
     assert!(format::decode_entry(&fuzzed).is_err());
     for cut in 0..payload.len() {
-        assert!(format::decode_entry(&payload[..cut]).is_err(), "cut at {cut}");
+        assert!(
+            format::decode_entry(&payload[..cut]).is_err(),
+            "cut at {cut}"
+        );
     }
 }

@@ -311,3 +311,37 @@ fn create_database_insert_and_delete_through_psql() {
     assert!(out.starts_with("INSERT 0 2\n"), "{out}");
     assert!(out.ends_with("hall|20.0\nhall|21.5\n"), "{out}");
 }
+
+#[test]
+fn system_tables_over_psql_log_the_queries_sent() {
+    let server = server_with_cpu();
+    let (ok, _, err) = server.psql(
+        "m",
+        &[
+            "-c",
+            "SELECT count(*) FROM cpu WHERE host = 'a'",
+            "-c",
+            "SELECT nope FROM cpu",
+        ],
+    );
+    assert!(!ok && err.contains("nope"), "{err}");
+    let (ok, out, err) = server.psql(
+        "m",
+        &[
+            "-A",
+            "-t",
+            "-c",
+            "SELECT database, query, rows, status FROM system.queries \
+             WHERE query LIKE 'SELECT % FROM cpu%' ORDER BY started",
+            "-c",
+            "SELECT table_name, segments FROM system.tables",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "m|SELECT count(*) FROM cpu WHERE host = 'a'|1|ok\n\
+         m|SELECT nope FROM cpu||error\n\
+         cpu|0\n"
+    );
+}

@@ -32,6 +32,7 @@ pub mod catalog;
 pub mod dml;
 pub mod error;
 pub mod functions;
+pub mod system;
 pub mod table;
 
 pub use datafusion;
@@ -52,11 +53,20 @@ pub enum QueryError {
 #[derive(Debug, Clone)]
 pub struct QueryEngine {
     engine: Arc<Engine>,
+    log: system::QueryLog,
 }
 
 impl QueryEngine {
     pub fn new(engine: Arc<Engine>) -> QueryEngine {
-        QueryEngine { engine }
+        QueryEngine {
+            engine,
+            log: system::QueryLog::default(),
+        }
+    }
+
+    /// The recent queries, as `system.queries` shows them.
+    pub fn log(&self) -> &system::QueryLog {
+        &self.log
     }
 
     /// The storage engine this queries.
@@ -81,16 +91,31 @@ impl QueryEngine {
             .with_create_default_catalog_and_schema(false)
             .with_information_schema(true);
         let ctx = SessionContext::new_with_config(config);
-        ctx.register_catalog(
-            db,
-            Arc::new(catalog::DatabaseCatalog::new(self.engine.clone(), db)),
-        );
+        let catalog = catalog::DatabaseCatalog::new(self.engine.clone(), db);
+        let system = system::SystemSchema::new(self.engine.clone(), self.log.clone());
+        datafusion::catalog::CatalogProvider::register_schema(
+            &catalog,
+            system::SYSTEM_SCHEMA,
+            Arc::new(system),
+        )
+        .expect("the system schema is not the tables' schema");
+        ctx.register_catalog(db, Arc::new(catalog));
         functions::register(&ctx);
         ctx
     }
 
     /// Runs one SQL statement in database `db` and collects its result.
     pub async fn sql(&self, db: &str, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
+        let running = self.log.start(db, sql);
+        let result = self.run(db, sql).await;
+        running.finish(match &result {
+            Ok(batches) => Ok(batches.iter().map(|b| b.num_rows()).sum()),
+            Err(e) => Err(e.to_string()),
+        });
+        result
+    }
+
+    async fn run(&self, db: &str, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
         if let Some(statement) = single_sql_statement(sql)
             && let Some(done) = self.execute_own(&statement)
         {

@@ -136,6 +136,9 @@ async fn a_session_sees_its_own_database_as_postgres_does() {
          | table_catalog | table_schema | table_name |\n\
          +---------------+--------------+------------+\n\
          | m             | public       | cpu        |\n\
+         | m             | system       | queries    |\n\
+         | m             | system       | segments   |\n\
+         | m             | system       | tables     |\n\
          +---------------+--------------+------------+"
     );
     let err = query
@@ -526,4 +529,60 @@ async fn create_database() {
     let long = format!("CREATE DATABASE \"{}\"", "x".repeat(300));
     let err = query.sql("x", &long).await.unwrap_err().to_string();
     assert!(err.contains("invalid name"), "{err}");
+}
+
+#[tokio::test]
+async fn system_tables_show_tables_segments_and_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = four_windows(dir.path());
+    engine
+        .write_lp("other", b"mem,host=a free=1i 1", Precision::Second)
+        .unwrap();
+    let query = QueryEngine::new(engine);
+    assert_eq!(
+        show(
+            &query,
+            "m",
+            "SELECT database, table_name, tags, fields, segments, segment_rows FROM system.tables \
+             ORDER BY database"
+        )
+        .await,
+        "+----------+------------+------+--------+----------+--------------+\n\
+         | database | table_name | tags | fields | segments | segment_rows |\n\
+         +----------+------------+------+--------+----------+--------------+\n\
+         | m        | cpu        | 1    | 1      | 4        | 5            |\n\
+         | other    | mem        | 1    | 1      | 0        | 0            |\n\
+         +----------+------------+------+--------+----------+--------------+"
+    );
+    assert_eq!(
+        show(
+            &query,
+            "m",
+            "SELECT window_start, min_time, max_time, rows FROM system.segments \
+             ORDER BY window_start, rows"
+        )
+        .await,
+        "+---------------------+---------------------+---------------------+------+\n\
+         | window_start        | min_time            | max_time            | rows |\n\
+         +---------------------+---------------------+---------------------+------+\n\
+         | 1970-01-01T00:00:00 | 1970-01-01T00:00:10 | 1970-01-01T00:00:10 | 2    |\n\
+         | 1970-01-01T00:10:00 | 1970-01-01T00:10:10 | 1970-01-01T00:10:10 | 1    |\n\
+         | 1970-01-01T00:10:00 | 1970-01-01T00:10:10 | 1970-01-01T00:10:10 | 1    |\n\
+         | 1970-01-01T00:20:00 | 1970-01-01T00:20:10 | 1970-01-01T00:20:10 | 1    |\n\
+         +---------------------+---------------------+---------------------+------+"
+    );
+    assert!(query.sql("m", "SELECT nope FROM cpu").await.is_err());
+    assert_eq!(
+        show(
+            &query,
+            "m",
+            "SELECT query, rows, status FROM system.queries WHERE query LIKE '%cpu%' ORDER BY started"
+        )
+        .await,
+        "+----------------------+------+--------+\n\
+         | query                | rows | status |\n\
+         +----------------------+------+--------+\n\
+         | SELECT nope FROM cpu |      | error  |\n\
+         +----------------------+------+--------+"
+    );
 }

@@ -1,9 +1,11 @@
 //! Cancelling running statements: on a cancel request, or past `statement_timeout`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use gannet_query::system::RunningQuery;
 use pgwire::api::ClientInfo;
 use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
 use pgwire::api::results::{QueryResponse, Response};
@@ -24,7 +26,11 @@ pub(super) struct Running {
 }
 
 impl Running {
-    pub(super) fn start(self: &Arc<Self>, client: &(impl ClientInfo + ?Sized)) -> Arc<Control> {
+    pub(super) fn start(
+        self: &Arc<Self>,
+        client: &(impl ClientInfo + ?Sized),
+        logged: RunningQuery,
+    ) -> Arc<Control> {
         let (pid, secret) = client.pid_and_secret_key();
         let key = (pid, secret.to_bytes());
         let id = self
@@ -47,6 +53,9 @@ impl Running {
             id,
             token,
             deadline: timeout,
+            logged: Mutex::new(Some(logged)),
+            rows: AtomicU64::new(0),
+            failed: Mutex::new(None),
         })
     }
 
@@ -58,7 +67,8 @@ impl Running {
     }
 }
 
-/// One statement's cancellation: a token a cancel request fires, and a deadline.
+/// One statement's cancellation (a token a cancel request fires, and a deadline), and its
+/// entry in `system.queries`, written once its rows are sent.
 #[derive(Debug)]
 pub(super) struct Control {
     running: Arc<Running>,
@@ -66,18 +76,35 @@ pub(super) struct Control {
     id: u64,
     token: CancellationToken,
     deadline: Option<tokio::time::Instant>,
+    logged: Mutex<Option<RunningQuery>>,
+    rows: AtomicU64,
+    failed: Mutex<Option<String>>,
 }
 
 impl Drop for Control {
     fn drop(&mut self) {
-        let mut running = self.running.by_connection.lock().expect("running lock");
-        if running.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
-            running.remove(&self.key);
+        {
+            let mut running = self.running.by_connection.lock().expect("running lock");
+            if running.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+                running.remove(&self.key);
+            }
+        }
+        if let Some(logged) = self.logged.lock().expect("log lock").take() {
+            let outcome = match self.failed.lock().expect("log lock").take() {
+                Some(error) => Err(error),
+                None => Ok(self.rows.load(Ordering::Relaxed) as usize),
+            };
+            logged.finish(outcome);
         }
     }
 }
 
 impl Control {
+    /// Notes that the statement failed before it produced rows.
+    pub(super) fn fail(&self, error: &impl std::fmt::Display) {
+        *self.failed.lock().expect("log lock") = Some(error.to_string());
+    }
+
     /// The response with its rows ending in 57014 once cancelled or past the deadline.
     pub(super) fn watch(self: &Arc<Self>, response: Response) -> Response {
         let Response::Query(query) = response else {
@@ -93,7 +120,6 @@ impl Control {
         let mut done = false;
         let rows = futures::stream::poll_fn(move |cx| {
             use std::task::Poll;
-            let _keep = &control;
             if done {
                 return Poll::Ready(None);
             }
@@ -109,9 +135,20 @@ impl Control {
             };
             if let Some(message) = message {
                 done = true;
+                *control.failed.lock().expect("log lock") = Some(message.to_owned());
                 return Poll::Ready(Some(Err(user_error("ERROR", "57014", message.to_owned()))));
             }
-            rows.as_mut().poll_next(cx)
+            let next = rows.as_mut().poll_next(cx);
+            match &next {
+                Poll::Ready(Some(Ok(_))) => {
+                    control.rows.fetch_add(1, Ordering::Relaxed);
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    *control.failed.lock().expect("log lock") = Some(e.to_string());
+                }
+                _ => {}
+            }
+            next
         });
         let mut watched = QueryResponse::new(query.row_schema, rows);
         watched.set_command_tag(&tag);

@@ -232,9 +232,12 @@ impl SimpleQueryHandler for QueryRouter {
     {
         let service = self.sessions.service(client)?;
         let query = rewrite_grafana_search_path(query);
-        let control = self.running.start(client);
+        let logged = self.sessions.query.log().start(database_of(client), &query);
+        let control = self.running.start(client, logged);
         let responses =
-            <DfSessionService as SimpleQueryHandler>::do_query(&service, client, &query).await?;
+            <DfSessionService as SimpleQueryHandler>::do_query(&service, client, &query)
+                .await
+                .inspect_err(|e| control.fail(e))?;
         Ok(responses
             .into_iter()
             .map(|response| control.watch(response))
@@ -264,11 +267,17 @@ impl ExtendedQueryHandler for QueryRouter {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let service = self.sessions.service(client)?;
-        let control = self.running.start(client);
+        let logged = self
+            .sessions
+            .query
+            .log()
+            .start(database_of(client), &portal.statement.statement.0);
+        let control = self.running.start(client, logged);
         let response = <DfSessionService as ExtendedQueryHandler>::do_query(
             &service, client, portal, max_rows,
         )
-        .await?;
+        .await
+        .inspect_err(|e| control.fail(e))?;
         Ok(control.watch(response))
     }
 }

@@ -4,10 +4,7 @@
 use std::process::Command;
 
 use crate::support::{TestServer, python};
-
-#[allow(dead_code)]
-#[path = "../benches/common/tsbs.rs"]
-mod tsbs;
+use crate::tsbs;
 
 #[test]
 fn python_client_example_writes_and_queries() {

@@ -1,8 +1,13 @@
 //! Integration tests: real processes, real files, real clients.
 
 mod support;
+/// The TSBS cpu-only generator the benchmarks use.
+#[allow(dead_code)]
+#[path = "../benches/common/tsbs.rs"]
+mod tsbs;
 
 mod crash;
+mod duckdb_compare;
 mod examples;
 mod http_api;
 mod import;

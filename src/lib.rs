@@ -26,6 +26,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use arrow;
+pub use gannet_query as query;
 pub use gannet_query::datafusion;
 pub use gannet_storage as storage;
 pub use gannet_storage::DeletePredicate;
@@ -58,6 +59,7 @@ pub struct Gannet {
 #[derive(Debug)]
 struct Handle {
     engine: Arc<Engine>,
+    query: gannet_query::QueryEngine,
 }
 
 impl Drop for Handle {
@@ -74,8 +76,9 @@ impl Gannet {
 
     pub fn open_with(config: EngineConfig) -> Result<Gannet> {
         let engine = Engine::open(config)?;
+        let query = gannet_query::QueryEngine::new(engine.clone());
         Ok(Gannet {
-            handle: Arc::new(Handle { engine }),
+            handle: Arc::new(Handle { engine, query }),
         })
     }
 
@@ -106,8 +109,7 @@ impl Gannet {
     /// Runs one SQL statement in database `db` (its tables are in schema `public`) and
     /// collects the result.
     pub async fn sql(&self, db: &str, sql: &str) -> Result<Vec<RecordBatch>> {
-        let query = gannet_query::QueryEngine::new(self.handle.engine.clone());
-        Ok(query.sql(db, sql).await?)
+        Ok(self.handle.query.sql(db, sql).await?)
     }
 
     /// Deletes the rows of `db.table` that `predicate` matches; durable on return.

@@ -1,0 +1,264 @@
+//! The TSBS devops query set on TSBS cpu-only data, Gannet (embedded, DataFusion over its
+//! segments and buffer) side by side with DuckDB (from the project's .venv) on the same rows.
+//!
+//!     scripts/setup && cargo bench --bench tsbs_queries
+//!
+//! TSBS_HOSTS (default 1000), TSBS_HOURS (12) and TSBS_RUNS (5) tune it: 1000 hosts x 12 h is
+//! 4.32 M rows. The first half of the hours is flushed to Parquet segments, the rest stays in
+//! Gannet's write buffer. DuckDB loads the same rows from a Parquet export into its own
+//! table. Each query runs once to warm up, then TSBS_RUNS times; the table shows medians.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use gannet::storage::{Engine, EngineConfig, Precision};
+
+#[allow(dead_code)]
+#[path = "common/tsbs.rs"]
+mod tsbs;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The TSBS devops queries, named as TSBS names them, for `hours` of data from 2016-01-01.
+fn queries(hours: usize) -> Vec<(&'static str, String)> {
+    let t = |h: usize| format!("'2016-01-01 {h:02}:00:00'");
+    let mid = hours / 2;
+    let last = hours.saturating_sub(1);
+    let metrics8 = "max(usage_user), max(usage_system), max(usage_idle), max(usage_nice), \
+                    max(usage_iowait), max(usage_irq), max(usage_softirq), max(usage_steal)";
+    let all10 = "usage_user, usage_system, usage_idle, usage_nice, usage_iowait, usage_irq, \
+                 usage_softirq, usage_steal, usage_guest, usage_guest_nice";
+    let avg_all: Vec<String> = all10.split(", ").map(|c| format!("avg({c})")).collect();
+    let max_all: Vec<String> = all10.split(", ").map(|c| format!("max({c})")).collect();
+    let hosts8 = "'host_1','host_2','host_3','host_4','host_5','host_6','host_7','host_8'";
+    let hosts5 = "'host_1','host_2','host_3','host_4','host_5'";
+    vec![
+        (
+            "single-groupby-1-1-1",
+            format!(
+                "SELECT date_trunc('minute', time) AS minute, max(usage_user) FROM cpu \
+                 WHERE hostname = 'host_9' AND time >= {} AND time < {} GROUP BY 1 ORDER BY 1",
+                t(mid),
+                t(mid + 1)
+            ),
+        ),
+        (
+            "single-groupby-1-1-12",
+            format!(
+                "SELECT date_trunc('minute', time) AS minute, max(usage_user) FROM cpu \
+                 WHERE hostname = 'host_9' AND time >= {} GROUP BY 1 ORDER BY 1",
+                t(0)
+            ),
+        ),
+        (
+            "single-groupby-5-1-1",
+            format!(
+                "SELECT date_trunc('minute', time) AS minute, max(usage_user) FROM cpu \
+                 WHERE hostname IN ({hosts5}) AND time >= {} AND time < {} GROUP BY 1 ORDER BY 1",
+                t(mid),
+                t(mid + 1)
+            ),
+        ),
+        (
+            "single-groupby-5-8-1",
+            format!(
+                "SELECT date_trunc('minute', time) AS minute, {metrics8} FROM cpu \
+                 WHERE hostname IN ({hosts5}) AND time >= {} AND time < {} GROUP BY 1 ORDER BY 1",
+                t(mid),
+                t(mid + 1)
+            ),
+        ),
+        (
+            "cpu-max-all-1",
+            format!(
+                "SELECT date_trunc('hour', time) AS hour, {} FROM cpu \
+                 WHERE hostname = 'host_9' AND time >= {} AND time < {} GROUP BY 1 ORDER BY 1",
+                max_all.join(", "),
+                t(last.saturating_sub(8)),
+                t(last)
+            ),
+        ),
+        (
+            "cpu-max-all-8",
+            format!(
+                "SELECT date_trunc('hour', time) AS hour, {} FROM cpu \
+                 WHERE hostname IN ({hosts8}) AND time >= {} AND time < {} GROUP BY 1 ORDER BY 1",
+                max_all.join(", "),
+                t(last.saturating_sub(8)),
+                t(last)
+            ),
+        ),
+        (
+            "double-groupby-1",
+            "SELECT date_trunc('hour', time) AS hour, hostname, avg(usage_user) FROM cpu \
+             GROUP BY 1, 2 ORDER BY 1, 2"
+                .to_owned(),
+        ),
+        (
+            "double-groupby-all",
+            format!(
+                "SELECT date_trunc('hour', time) AS hour, hostname, {} FROM cpu \
+                 GROUP BY 1, 2 ORDER BY 1, 2",
+                avg_all.join(", ")
+            ),
+        ),
+        (
+            "high-cpu-1",
+            "SELECT * FROM cpu WHERE usage_user > 90.0 AND hostname = 'host_9' ORDER BY time"
+                .to_owned(),
+        ),
+        (
+            "high-cpu-all",
+            format!(
+                "SELECT * FROM cpu WHERE usage_user > 90.0 AND time >= {} AND time < {}",
+                t(mid),
+                t(mid + 1)
+            ),
+        ),
+        (
+            "lastpoint",
+            "SELECT DISTINCT ON (hostname) * FROM cpu ORDER BY hostname, time DESC".to_owned(),
+        ),
+        (
+            "groupby-orderby-limit",
+            format!(
+                "SELECT date_trunc('minute', time) AS minute, max(usage_user) FROM cpu \
+                 WHERE time < {} GROUP BY 1 ORDER BY 1 DESC LIMIT 5",
+                t(mid)
+            ),
+        ),
+    ]
+}
+
+const DUCKDB: &str = r#"
+import sys, json, time, statistics, duckdb
+parquet, runs, queries = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+db = duckdb.connect()
+started = time.perf_counter()
+db.execute(f"CREATE TABLE cpu AS SELECT * REPLACE (time::TIMESTAMP AS time) FROM read_parquet('{parquet}')")
+load = time.perf_counter() - started
+out = {"_load_s": load}
+for name, sql in queries:
+    db.execute(sql).fetchall()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        rows = db.execute(sql).fetchall()
+        times.append(time.perf_counter() - t)
+    out[name] = [statistics.median(times) * 1e3, len(rows)]
+print(json.dumps(out))
+"#;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let hosts = env_or("TSBS_HOSTS", 1000);
+    let hours = env_or("TSBS_HOURS", 12);
+    let runs = env_or("TSBS_RUNS", 5);
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "run scripts/setup first (DuckDB comes from .venv)"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = EngineConfig::new(dir.path());
+    config.background_flush = false;
+    config.flush_rows = usize::MAX;
+    let engine = Engine::open(config).unwrap();
+    let steps = hours * 360;
+    let mut generator = tsbs::Generator::new(hosts, 7);
+    let started = Instant::now();
+    for step in 0..steps {
+        let mut body = String::new();
+        generator.next_step(&mut body);
+        engine
+            .write_lp("bench", body.as_bytes(), Precision::Nanosecond)
+            .unwrap();
+        if step + 1 == steps / 2 {
+            engine.flush().unwrap();
+        }
+    }
+    let rows = hosts * steps;
+    println!(
+        "{rows} rows ({hosts} hosts x {hours} h) written in {:.1} s; first half in segments, \
+         second half buffered",
+        started.elapsed().as_secs_f64()
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let query = gannet_query_engine(&engine);
+    let queries = queries(hours);
+    let mut gannet = Vec::new();
+    for (name, sql) in &queries {
+        let run = || {
+            let t = Instant::now();
+            let batches = runtime
+                .block_on(query.sql("bench", sql))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            (t.elapsed().as_secs_f64() * 1e3, rows)
+        };
+        run();
+        let results: Vec<(f64, usize)> = (0..runs).map(|_| run()).collect();
+        gannet.push((median(results.iter().map(|r| r.0).collect()), results[0].1));
+    }
+
+    // DuckDB reads the same rows from a Parquet export of the table.
+    let export = dir.path().join("cpu.parquet");
+    let table = engine.snapshot("bench", "cpu").unwrap().read_all().unwrap();
+    let file = std::fs::File::create(&export).unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, table.schema(), None).unwrap();
+    writer.write(&table).unwrap();
+    writer.close().unwrap();
+    drop(table);
+    let out = Command::new(&python)
+        .args(["-c", DUCKDB, export.to_str().unwrap(), &runs.to_string()])
+        .arg(serde_json::to_string(&queries).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "duckdb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let duck: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    println!("\n| query | Gannet (ms) | DuckDB (ms) | Gannet / DuckDB | rows |");
+    println!("|---|---:|---:|---:|---:|");
+    for ((name, _), (ms, rows)) in queries.iter().zip(&gannet) {
+        let duck_ms = duck[name][0].as_f64().unwrap();
+        let duck_rows = duck[name][1].as_u64().unwrap() as usize;
+        assert_eq!(
+            *rows, duck_rows,
+            "{name}: Gannet {rows} rows, DuckDB {duck_rows}"
+        );
+        println!(
+            "| {name} | {ms:.1} | {duck_ms:.1} | {:.2} | {rows} |",
+            ms / duck_ms
+        );
+    }
+    println!(
+        "\nDuckDB loaded the Parquet export in {:.1} s",
+        duck["_load_s"].as_f64().unwrap()
+    );
+}
+
+fn gannet_query_engine(engine: &std::sync::Arc<Engine>) -> gannet::query::QueryEngine {
+    gannet::query::QueryEngine::new(engine.clone())
+}

@@ -131,7 +131,21 @@ pub fn replay(
     let mut stats = ReplayStats::default();
     let files = list_files(data_dir)?;
     let count = files.len();
+    if count > 0 {
+        tracing::info!(files = count, "replaying the write-ahead log");
+    }
+    let mut last_report = std::time::Instant::now();
     for (i, (_, path)) in files.into_iter().enumerate() {
+        // Long replays say how far they got, every few seconds.
+        if last_report.elapsed() >= std::time::Duration::from_secs(3) {
+            tracing::info!(
+                done = i,
+                files = count,
+                records = stats.records,
+                "replaying the write-ahead log"
+            );
+            last_report = std::time::Instant::now();
+        }
         let is_newest = i + 1 == count;
         stats.files += 1;
         let shown = path.display().to_string();

@@ -21,10 +21,11 @@
 //! # }
 //! ```
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use arrow::record_batch::RecordBatch;
-use datafusion::execution::context::{SessionConfig, SessionContext};
+use datafusion::execution::context::{SessionConfig, SessionContext, SessionState};
 use datafusion::sql::sqlparser::ast::Statement;
 use gannet_storage::Engine;
 
@@ -54,6 +55,9 @@ pub enum QueryError {
 pub struct QueryEngine {
     engine: Arc<Engine>,
     log: system::QueryLog,
+    /// A ready session state per database: a query starts from a copy of it, rather than
+    /// registering catalogs and functions anew.
+    states: Arc<Mutex<HashMap<String, SessionState>>>,
 }
 
 impl QueryEngine {
@@ -61,6 +65,7 @@ impl QueryEngine {
         QueryEngine {
             engine,
             log: system::QueryLog::default(),
+            states: Arc::default(),
         }
     }
 
@@ -80,7 +85,11 @@ impl QueryEngine {
         if self.engine.catalog().database(db).is_none() {
             return Err(QueryError::UnknownDatabase(db.to_owned()));
         }
-        Ok(self.new_session(db))
+        let mut states = self.states.lock().expect("session states lock");
+        let state = states
+            .entry(db.to_owned())
+            .or_insert_with(|| self.new_session(db).state());
+        Ok(SessionContext::new_with_state(state.clone()))
     }
 
     /// A session on database `db` whether or not it exists yet: a database that does not

@@ -152,7 +152,7 @@ fn check(dir: &Path, acked: &BTreeSet<(usize, usize)>) {
         + snapshot
             .buffer
             .iter()
-            .map(|(_, b)| b.num_rows())
+            .map(|b| b.batch.num_rows())
             .sum::<usize>();
     assert_eq!(raw, table.num_rows(), "some rows are stored twice");
     db.close().unwrap();

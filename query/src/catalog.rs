@@ -10,7 +10,7 @@ use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
 use datafusion::error::Result;
 use gannet_storage::Engine;
 
-use crate::table::GannetTable;
+use crate::table::{GannetTable, MergedWindows};
 
 /// The schema that holds a database's tables.
 pub const TABLES_SCHEMA: &str = "public";
@@ -24,11 +24,12 @@ pub struct DatabaseCatalog {
 }
 
 impl DatabaseCatalog {
-    pub fn new(engine: Arc<Engine>, db: &str) -> Self {
+    pub fn new(engine: Arc<Engine>, db: &str, merged: Arc<MergedWindows>) -> Self {
         DatabaseCatalog {
             tables: Arc::new(DatabaseSchema {
                 engine,
                 db: db.to_owned(),
+                merged,
             }),
             others: RwLock::default(),
         }
@@ -70,6 +71,7 @@ impl CatalogProvider for DatabaseCatalog {
 pub struct DatabaseSchema {
     engine: Arc<Engine>,
     db: String,
+    merged: Arc<MergedWindows>,
 }
 
 #[async_trait]
@@ -96,6 +98,7 @@ impl SchemaProvider for DatabaseSchema {
             &self.db,
             name,
             table,
+            self.merged.clone(),
         ))))
     }
 

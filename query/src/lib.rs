@@ -58,14 +58,18 @@ pub struct QueryEngine {
     /// A ready session state per database: a query starts from a copy of it, rather than
     /// registering catalogs and functions anew.
     states: Arc<Mutex<HashMap<String, SessionState>>>,
+    merged: Arc<table::MergedWindows>,
 }
 
 impl QueryEngine {
     pub fn new(engine: Arc<Engine>) -> QueryEngine {
+        // Merged windows may take a quarter of the write buffer's memory limit.
+        let merged = Arc::new(table::MergedWindows::new(engine.config().memory_limit / 4));
         QueryEngine {
             engine,
             log: system::QueryLog::default(),
             states: Arc::default(),
+            merged,
         }
     }
 
@@ -100,7 +104,7 @@ impl QueryEngine {
             .with_create_default_catalog_and_schema(false)
             .with_information_schema(true);
         let ctx = SessionContext::new_with_config(config);
-        let catalog = catalog::DatabaseCatalog::new(self.engine.clone(), db);
+        let catalog = catalog::DatabaseCatalog::new(self.engine.clone(), db, self.merged.clone());
         let system = system::SystemSchema::new(self.engine.clone(), self.log.clone());
         datafusion::catalog::CatalogProvider::register_schema(
             &catalog,

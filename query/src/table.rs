@@ -19,8 +19,8 @@
 //!
 //! [`TableSnapshot::read_merged`]: gannet_storage::TableSnapshot::read_merged
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -46,6 +46,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use datafusion::physical_plan::union::UnionExec;
+use gannet_storage::buffer::Buffered;
 use gannet_storage::catalog::SegmentMeta;
 use gannet_storage::{Engine, TableSnapshot};
 
@@ -55,16 +56,85 @@ pub struct GannetTable {
     db: String,
     table: String,
     schema: SchemaRef,
+    merged: Arc<MergedWindows>,
 }
 
 impl GannetTable {
-    pub fn new(engine: Arc<Engine>, db: &str, table: &str, schema: SchemaRef) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        db: &str,
+        table: &str,
+        schema: SchemaRef,
+        merged: Arc<MergedWindows>,
+    ) -> Self {
         GannetTable {
             engine,
             db: db.to_owned(),
             table: table.to_owned(),
             schema,
+            merged,
         }
+    }
+}
+
+/// Merged windows kept between queries: merging a window (sorting and deduplicating its
+/// segments and buffered batches) is the costly part of a scan, and a window no longer
+/// written to merges to the same rows every time. An entry is used only while the window
+/// holds exactly what it was merged from (same segments, same buffered writes, no newer
+/// delete); the cache holds at most `limit` bytes.
+#[derive(Debug)]
+pub struct MergedWindows {
+    entries: Mutex<HashMap<WindowKey, (WindowContents, RecordBatch)>>,
+    limit: usize,
+}
+
+/// A window of a table: (database, table, window start).
+type WindowKey = (String, String, i64);
+
+/// What a merged window was made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct WindowContents {
+    segments: Vec<u64>,
+    buffered: Vec<(u64, usize)>,
+    newest_delete: Option<u64>,
+}
+
+impl MergedWindows {
+    pub fn new(limit: usize) -> Self {
+        MergedWindows {
+            entries: Mutex::default(),
+            limit,
+        }
+    }
+
+    fn get(&self, key: &WindowKey, contents: &WindowContents) -> Option<RecordBatch> {
+        let entries = self.entries.lock().expect("merged windows lock");
+        entries
+            .get(key)
+            .filter(|(c, _)| c == contents)
+            .map(|(_, batch)| batch.clone())
+    }
+
+    fn put(&self, key: WindowKey, contents: WindowContents, batch: &RecordBatch) {
+        let size = batch.get_array_memory_size();
+        if size > self.limit / 4 {
+            return;
+        }
+        let mut entries = self.entries.lock().expect("merged windows lock");
+        entries.remove(&key);
+        let mut total: usize = entries
+            .values()
+            .map(|(_, b)| b.get_array_memory_size())
+            .sum();
+        while total + size > self.limit {
+            let Some(evict) = entries.keys().next().cloned() else {
+                break;
+            };
+            if let Some((_, b)) = entries.remove(&evict) {
+                total -= b.get_array_memory_size();
+            }
+        }
+        entries.insert(key, (contents, batch.clone()));
     }
 }
 
@@ -150,11 +220,31 @@ impl TableProvider for GannetTable {
             )?);
         }
         if !plan.merged.is_empty() {
+            let newest_delete = snapshot.tombstones.iter().map(|t| t.seq).max();
             let mut batches = Vec::new();
-            for (segments, buffered) in plan.merged.values() {
-                let merged = snapshot
-                    .read_merged(segments.iter().copied(), buffered.iter().copied())
-                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            for (window, (segments, buffered)) in &plan.merged {
+                let key = (self.db.clone(), self.table.clone(), *window);
+                let contents = WindowContents {
+                    segments: segments.iter().map(|s| s.id.0).collect(),
+                    buffered: buffered
+                        .iter()
+                        .map(|b| (b.seq, b.batch.num_rows()))
+                        .collect(),
+                    newest_delete,
+                };
+                let merged = match self.merged.get(&key, &contents) {
+                    Some(merged) => merged,
+                    None => {
+                        let merged = snapshot
+                            .read_merged(
+                                segments.iter().copied(),
+                                buffered.iter().map(|b| &b.batch),
+                            )
+                            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                        self.merged.put(key, contents, &merged);
+                        merged
+                    }
+                };
                 // The snapshot's schema may have grown since planning began: keep the planned one.
                 batches.push(gannet_storage::buffer::widen(&merged, &self.schema));
             }
@@ -250,31 +340,38 @@ impl ParquetFileReaderFactory for PinningReaderFactory {
 struct WindowPlan<'a> {
     /// Segments read straight from Parquet: each alone in its window.
     direct: Vec<&'a SegmentMeta>,
-    /// Windows merged in memory: their segments and buffered batches, oldest first.
+    /// Windows merged in memory: all their segments and buffered batches, oldest first
+    /// (whole windows, so that a merge serves every query that touches the window).
     #[allow(clippy::type_complexity)]
-    merged: BTreeMap<i64, (Vec<&'a SegmentMeta>, Vec<&'a RecordBatch>)>,
+    merged: BTreeMap<i64, (Vec<&'a SegmentMeta>, Vec<&'a Buffered>)>,
 }
 
 impl<'a> WindowPlan<'a> {
     fn new(snapshot: &'a TableSnapshot, range: TimeRange) -> WindowPlan<'a> {
-        let mut windows: BTreeMap<i64, (Vec<&SegmentMeta>, Vec<&RecordBatch>)> = BTreeMap::new();
+        let mut windows: BTreeMap<i64, (Vec<&SegmentMeta>, Vec<&Buffered>)> = BTreeMap::new();
+        let mut touched = std::collections::BTreeSet::new();
         for segment in &snapshot.segments {
+            windows
+                .entry(segment.window_start)
+                .or_default()
+                .0
+                .push(segment);
             if range.overlaps(segment.min_time, segment.max_time) {
-                windows
-                    .entry(segment.window_start)
-                    .or_default()
-                    .0
-                    .push(segment);
+                touched.insert(segment.window_start);
             }
         }
-        for (window, batch) in &snapshot.buffer {
-            let last = window.saturating_add(snapshot.window - 1);
-            if range.overlaps(*window, last) {
-                windows.entry(*window).or_default().1.push(batch);
+        for buffered in &snapshot.buffer {
+            windows.entry(buffered.window).or_default().1.push(buffered);
+            let last = buffered.window.saturating_add(snapshot.window - 1);
+            if range.overlaps(buffered.window, last) {
+                touched.insert(buffered.window);
             }
         }
         let mut plan = WindowPlan::default();
         for (window, (segments, buffered)) in windows {
+            if !touched.contains(&window) {
+                continue;
+            }
             match (segments.as_slice(), buffered.is_empty()) {
                 ([only], true) if !snapshot.has_deletes(only) => plan.direct.push(only),
                 _ => {

@@ -586,3 +586,37 @@ async fn system_tables_show_tables_segments_and_queries() {
          +----------------------+------+--------+"
     );
 }
+
+#[tokio::test]
+async fn merged_windows_are_reused_only_while_the_window_is_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = four_windows(dir.path());
+    let query = QueryEngine::new(engine.clone());
+    let sum = "SELECT sum(u) FROM cpu";
+    assert_eq!(scalar(&query, "m", sum).await, "28.0");
+    assert_eq!(scalar(&query, "m", sum).await, "28.0");
+    // A new write to a merged window, an overwrite, a delete, a flush, a compaction: each
+    // changes what the window holds, and the next query sees it.
+    engine
+        .write_lp("m", b"cpu,host=c u=100 1220", Precision::Second)
+        .unwrap();
+    assert_eq!(scalar(&query, "m", sum).await, "128.0");
+    engine
+        .write_lp("m", b"cpu,host=c u=50 1220", Precision::Second)
+        .unwrap();
+    assert_eq!(scalar(&query, "m", sum).await, "78.0");
+    let only_c = DeletePredicate {
+        tags: vec![("host".into(), "c".into())],
+        ..DeletePredicate::all()
+    };
+    engine.delete("m", "cpu", only_c).unwrap();
+    assert_eq!(scalar(&query, "m", sum).await, "28.0");
+    engine.flush().unwrap();
+    assert_eq!(scalar(&query, "m", sum).await, "28.0");
+    engine.compact().unwrap();
+    assert_eq!(scalar(&query, "m", sum).await, "28.0");
+    engine
+        .write_lp("m", b"cpu,host=a u=1000 610", Precision::Second)
+        .unwrap();
+    assert_eq!(scalar(&query, "m", sum).await, "1024.0");
+}

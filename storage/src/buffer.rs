@@ -25,6 +25,14 @@ pub struct ChunkKey {
     pub window_start: i64,
 }
 
+/// A buffered batch: the start of its window, the WAL sequence number that wrote it.
+#[derive(Debug, Clone)]
+pub struct Buffered {
+    pub window: i64,
+    pub seq: u64,
+    pub batch: RecordBatch,
+}
+
 #[derive(Debug)]
 pub struct Chunk {
     /// (WAL sequence number, batch), in sequence order.
@@ -138,17 +146,23 @@ impl Buffer {
     }
 
     /// The batches of a table, oldest write first.
-    /// A table's buffered batches with their windows' starts, oldest write first.
-    pub fn table_batches(&self, db: &str, table: &str) -> Vec<(i64, RecordBatch)> {
+    /// A table's buffered batches, oldest write first.
+    pub fn table_batches(&self, db: &str, table: &str) -> Vec<Buffered> {
         let Some(chunks) = self.tables.get(&(db.to_owned(), table.to_owned())) else {
             return Vec::new();
         };
-        let mut all: Vec<(u64, i64, &RecordBatch)> = chunks
+        let mut all: Vec<Buffered> = chunks
             .iter()
-            .flat_map(|(window, c)| c.batches.iter().map(move |(seq, b)| (*seq, *window, b)))
+            .flat_map(|(window, c)| {
+                c.batches.iter().map(move |(seq, batch)| Buffered {
+                    window: *window,
+                    seq: *seq,
+                    batch: batch.clone(),
+                })
+            })
             .collect();
-        all.sort_by_key(|(seq, _, _)| *seq);
-        all.into_iter().map(|(_, w, b)| (w, b.clone())).collect()
+        all.sort_by_key(|b| b.seq);
+        all
     }
 
     pub fn chunks(&self) -> impl Iterator<Item = (ChunkKey, &Chunk)> {

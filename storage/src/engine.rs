@@ -56,9 +56,9 @@ pub struct TableSnapshot {
     pub schema: SchemaRef,
     /// Segments, oldest writes first.
     pub segments: Vec<SegmentMeta>,
-    /// Buffered batches with the start of their window, oldest first; every one is newer
-    /// than every segment.
-    pub buffer: Vec<(i64, RecordBatch)>,
+    /// Buffered batches with their windows and sequence numbers, oldest first; every one
+    /// is newer than every segment.
+    pub buffer: Vec<crate::buffer::Buffered>,
     /// The length of a time window in nanoseconds: window `w` holds times in `[w, w + window)`.
     pub window: i64,
     /// Deletes that hide rows of some of the segments (see [`Tombstone::applies_to`]).
@@ -93,7 +93,7 @@ impl TableSnapshot {
 
     /// Reads the whole table: one row per point, last write winning, sorted by tags and time.
     pub fn read_all(&self) -> Result<RecordBatch> {
-        self.read_merged(&self.segments, self.buffer.iter().map(|(_, b)| b))
+        self.read_merged(&self.segments, self.buffer.iter().map(|b| &b.batch))
     }
 
     /// Reads some of the snapshot's segments and buffered batches as one: one row per point,

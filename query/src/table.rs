@@ -10,9 +10,10 @@
 //!   its rows, is read straight from Parquet: one `DataSourceExec` over all such files, with
 //!   the query's filters as the Parquet predicate (row groups and pages pruned by their
 //!   statistics) and its projection.
-//! - Every other window is merged at plan time ([`TableSnapshot::read_merged`]): its
-//!   overlapping segments and buffered batches, deletes applied, each point once with the
-//!   last write winning field by field.
+//! - Every other window is merged at plan time ([`TableSnapshot::read_merged`]): all its
+//!   segments and buffered batches, deletes applied, each point once with the last write
+//!   winning field by field. The merge is kept ([`MergedWindows`]) and reused by later
+//!   queries for as long as the window holds the same segments, writes and deletes.
 //!
 //! The Parquet reader holds the snapshot, so compaction cannot delete a file the plan will
 //! read.

@@ -21,6 +21,14 @@ async fn scalar(query: &QueryEngine, db: &str, sql: &str) -> String {
     arrow::util::display::array_value_to_string(batch.column(0), 0).unwrap()
 }
 
+/// The error a statement fails with, as text.
+async fn error(query: &QueryEngine, db: &str, sql: &str) -> String {
+    match query.sql(db, sql).await {
+        Ok(_) => panic!("{sql}: no error"),
+        Err(e) => e.to_string(),
+    }
+}
+
 async fn show(query: &QueryEngine, db: &str, sql: &str) -> String {
     let batches = query
         .sql(db, sql)
@@ -141,24 +149,12 @@ async fn a_session_sees_its_own_database_as_postgres_does() {
          | m             | system       | tables     |\n\
          +---------------+--------------+------------+"
     );
-    let err = query
-        .sql("m", "SELECT * FROM other.public.mem")
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = error(&query, "m", "SELECT * FROM other.public.mem").await;
     assert!(err.contains("other"), "{err}");
 
-    let err = query
-        .sql("m", "SELECT * FROM nope")
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = error(&query, "m", "SELECT * FROM nope").await;
     assert!(err.contains("nope"), "{err}");
-    let err = query
-        .sql("absent", "SELECT 1")
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = error(&query, "absent", "SELECT 1").await;
     assert_eq!(err, "database \"absent\" does not exist");
 }
 
@@ -381,11 +377,7 @@ async fn time_bucket_and_the_first_and_last_selectors() {
          | 2023-11-13T00:00:00 | 2023-11-09T00:00:00 |\n\
          +---------------------+---------------------+"
     );
-    let err = query
-        .sql("m", "SELECT first(u, host) FROM cpu")
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = error(&query, "m", "SELECT first(u, host) FROM cpu").await;
     assert!(err.contains("orders by a timestamp"), "{err}");
 }
 
@@ -430,23 +422,19 @@ async fn insert_writes_like_line_protocol_and_overwrites_fields() {
          | b c  |    | 0.1 |   |      |                  | 20 |\n\
          +------+----+-----+---+------+------------------+----+"
     );
-    let err = query
-        .sql(
-            "m",
-            "INSERT INTO cpu (time, host) VALUES ('1970-01-01T00:00:30Z', 'a')",
-        )
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = error(
+        &query,
+        "m",
+        "INSERT INTO cpu (time, host) VALUES ('1970-01-01T00:00:30Z', 'a')",
+    )
+    .await;
     assert!(err.contains("at least one field"), "{err}");
-    let err = query
-        .sql(
-            "m",
-            "INSERT INTO cpu (time, u) VALUES ('1970-01-01T00:00:30Z', 'NaN')",
-        )
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = error(
+        &query,
+        "m",
+        "INSERT INTO cpu (time, u) VALUES ('1970-01-01T00:00:30Z', 'NaN')",
+    )
+    .await;
     assert!(err.contains("cannot be stored"), "{err}");
     assert_eq!(
         scalar(&query, "m", "SELECT count(*) AS n FROM cpu").await,
@@ -494,7 +482,7 @@ async fn delete_hides_a_time_range_of_some_series() {
             "conjunctions (AND)",
         ),
     ] {
-        let err = query.sql("m", sql).await.unwrap_err().to_string();
+        let err = error(&query, "m", sql).await;
         assert!(err.contains(expected), "{sql}: {err}");
     }
     assert_eq!(scalar(&query, "m", "DELETE FROM cpu").await, "4");
@@ -527,7 +515,7 @@ async fn create_database() {
         .await
         .unwrap();
     let long = format!("CREATE DATABASE \"{}\"", "x".repeat(300));
-    let err = query.sql("x", &long).await.unwrap_err().to_string();
+    let err = error(&query, "x", &long).await;
     assert!(err.contains("invalid name"), "{err}");
 }
 

@@ -128,6 +128,16 @@ impl Gannet {
         Ok(self.handle.engine.close()?)
     }
 
+    /// The query engine: SQL sessions on the databases.
+    pub fn query(&self) -> &gannet_query::QueryEngine {
+        &self.handle.query
+    }
+
+    /// The ONNX models the SQL functions run (`<data dir>/models`).
+    pub fn models(&self) -> &Arc<gannet_query::onnx::ModelRegistry> {
+        self.handle.query.models()
+    }
+
     /// The storage engine, for the query layer and servers.
     pub fn engine(&self) -> &Arc<Engine> {
         &self.handle.engine

@@ -52,6 +52,15 @@ impl TestServer {
 
     /// Starts a server on `data_dir` with extra `gannet serve` flags.
     pub fn start_in(data_dir: tempfile::TempDir, args: &[&str]) -> TestServer {
+        Self::start_with(data_dir, args, &[])
+    }
+
+    /// Starts a server on `data_dir` with extra `gannet serve` flags and environment variables.
+    pub fn start_with(
+        data_dir: tempfile::TempDir,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gannet"))
             .arg("serve")
             .arg("--data-dir")
@@ -59,6 +68,7 @@ impl TestServer {
             .args(["--pg-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
             .args(args)
             .env("GANNET_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -4,6 +4,8 @@
 use arrow::error::ArrowError;
 use datafusion::error::DataFusionError;
 
+use crate::onnx::ModelError;
+
 /// The SQLSTATE for a DataFusion error.
 pub fn sqlstate(error: &DataFusionError) -> &'static str {
     use datafusion::common::SchemaError;
@@ -35,6 +37,10 @@ pub fn sqlstate(error: &DataFusionError) -> &'static str {
             _ => "XX000",
         },
         DataFusionError::Execution(message) if message.contains("Divide by zero") => "22012",
+        DataFusionError::External(e) => match e.downcast_ref::<ModelError>() {
+            Some(e) => e.sqlstate(),
+            None => "XX000",
+        },
         _ => "XX000",
     }
 }
@@ -62,6 +68,7 @@ pub fn message(error: &DataFusionError) -> String {
         DataFusionError::Execution(message) | DataFusionError::NotImplemented(message) => {
             message.clone()
         }
+        DataFusionError::External(e) => e.to_string(),
         other => other.to_string(),
     }
 }

@@ -33,6 +33,7 @@ pub mod catalog;
 pub mod dml;
 pub mod error;
 pub mod functions;
+pub mod onnx;
 pub mod system;
 pub mod table;
 
@@ -59,10 +60,21 @@ pub struct QueryEngine {
     /// registering catalogs and functions anew.
     states: Arc<Mutex<HashMap<String, SessionState>>>,
     merged: Arc<table::MergedWindows>,
+    models: Arc<onnx::ModelRegistry>,
 }
 
 impl QueryEngine {
+    /// A query engine over `engine`, with the models in `<data dir>/models`.
     pub fn new(engine: Arc<Engine>) -> QueryEngine {
+        let models = onnx::ModelRegistry::new(
+            engine.config().data_dir.join("models"),
+            onnx::OnnxConfig::default(),
+        );
+        QueryEngine::with_models(engine, Arc::new(models))
+    }
+
+    /// A query engine over `engine` whose ONNX functions use `models`.
+    pub fn with_models(engine: Arc<Engine>, models: Arc<onnx::ModelRegistry>) -> QueryEngine {
         // Merged windows may take a quarter of the write buffer's memory limit.
         let merged = Arc::new(table::MergedWindows::new(engine.config().memory_limit / 4));
         QueryEngine {
@@ -70,7 +82,13 @@ impl QueryEngine {
             log: system::QueryLog::default(),
             states: Arc::default(),
             merged,
+            models,
         }
+    }
+
+    /// The models the ONNX functions run.
+    pub fn models(&self) -> &Arc<onnx::ModelRegistry> {
+        &self.models
     }
 
     /// The recent queries, as `system.queries` shows them.
@@ -105,7 +123,8 @@ impl QueryEngine {
             .with_information_schema(true);
         let ctx = SessionContext::new_with_config(config);
         let catalog = catalog::DatabaseCatalog::new(self.engine.clone(), db, self.merged.clone());
-        let system = system::SystemSchema::new(self.engine.clone(), self.log.clone());
+        let system =
+            system::SystemSchema::new(self.engine.clone(), self.log.clone(), self.models.clone());
         datafusion::catalog::CatalogProvider::register_schema(
             &catalog,
             system::SYSTEM_SCHEMA,
@@ -114,6 +133,7 @@ impl QueryEngine {
         .expect("the system schema is not the tables' schema");
         ctx.register_catalog(db, Arc::new(catalog));
         functions::register(&ctx);
+        onnx::udf::register(&ctx, &self.models);
         ctx
     }
 

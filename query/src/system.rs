@@ -3,6 +3,7 @@
 //! - `system.tables`: every table of every database, its columns, segments and buffered rows.
 //! - `system.segments`: the Parquet segments: path, table, time window and range, rows, bytes.
 //! - `system.queries`: the most recent queries, with their duration and outcome.
+//! - `system.models`: the ONNX models, their inputs and outputs, and how often they ran.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,8 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 use gannet_storage::Engine;
 
+use crate::onnx::ModelRegistry;
+
 /// The name of the schema.
 pub const SYSTEM_SCHEMA: &str = "system";
 
@@ -32,15 +35,20 @@ const QUERY_LOG_LEN: usize = 1000;
 pub struct SystemSchema {
     engine: Arc<Engine>,
     log: QueryLog,
+    models: Arc<ModelRegistry>,
 }
 
 impl SystemSchema {
-    pub fn new(engine: Arc<Engine>, log: QueryLog) -> Self {
-        SystemSchema { engine, log }
+    pub fn new(engine: Arc<Engine>, log: QueryLog, models: Arc<ModelRegistry>) -> Self {
+        SystemSchema {
+            engine,
+            log,
+            models,
+        }
     }
 }
 
-const TABLES: [&str; 3] = ["queries", "segments", "tables"];
+const TABLES: [&str; 4] = ["models", "queries", "segments", "tables"];
 
 #[async_trait]
 impl SchemaProvider for SystemSchema {
@@ -53,6 +61,7 @@ impl SchemaProvider for SystemSchema {
             "tables" => Which::Tables,
             "segments" => Which::Segments,
             "queries" => Which::Queries,
+            "models" => Which::Models,
             _ => return Ok(None),
         };
         Ok(Some(Arc::new(SystemTable {
@@ -60,6 +69,7 @@ impl SchemaProvider for SystemSchema {
             schema: which.schema(),
             engine: self.engine.clone(),
             log: self.log.clone(),
+            models: self.models.clone(),
         })))
     }
 
@@ -73,6 +83,7 @@ enum Which {
     Tables,
     Segments,
     Queries,
+    Models,
 }
 
 fn timestamp(name: &str) -> Field {
@@ -113,6 +124,16 @@ impl Which {
                 text("status"),
                 Field::new("error", DataType::Utf8, true),
             ],
+            Which::Models => vec![
+                text("name"),
+                text("path"),
+                int("size_bytes"),
+                text("inputs"),
+                text("outputs"),
+                timestamp("loaded_at"),
+                int("calls"),
+                int("rows_scored"),
+            ],
         }))
     }
 }
@@ -124,6 +145,7 @@ struct SystemTable {
     schema: SchemaRef,
     engine: Arc<Engine>,
     log: QueryLog,
+    models: Arc<ModelRegistry>,
 }
 
 #[async_trait]
@@ -147,6 +169,7 @@ impl TableProvider for SystemTable {
             Which::Tables => self.tables(),
             Which::Segments => self.segments(),
             Which::Queries => self.log.columns(),
+            Which::Models => self.models()?,
         };
         let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
         let exec = MemorySourceConfig::try_new_exec(
@@ -195,6 +218,41 @@ impl SystemTable {
         let mut columns: Vec<ArrayRef> = vec![Arc::new(db.finish()), Arc::new(name.finish())];
         columns.extend(ints.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
         columns
+    }
+
+    fn models(&self) -> Result<Vec<ArrayRef>> {
+        let models = self.models.list()?;
+        let mut text: [StringBuilder; 4] = Default::default();
+        let mut loaded_at = TimestampNanosecondBuilder::new();
+        let mut ints: [Int64Builder; 3] = Default::default();
+        for model in &models {
+            text[0].append_value(&model.name);
+            text[1].append_value(model.path.display().to_string());
+            text[2].append_value(model.describe_inputs());
+            text[3].append_value(model.describe_outputs());
+            loaded_at.append_value(
+                model
+                    .loaded_at
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as i64),
+            );
+            let (calls, rows) = model.usage();
+            ints[0].append_value(model.size as i64);
+            ints[1].append_value(calls as i64);
+            ints[2].append_value(rows as i64);
+        }
+        let [name, path, inputs, outputs] = text.map(|mut b| Arc::new(b.finish()) as ArrayRef);
+        let [size, calls, rows] = ints.map(|mut b| Arc::new(b.finish()) as ArrayRef);
+        Ok(vec![
+            name,
+            path,
+            size,
+            inputs,
+            outputs,
+            Arc::new(loaded_at.finish()),
+            calls,
+            rows,
+        ])
     }
 
     fn segments(&self) -> Vec<ArrayRef> {

@@ -23,6 +23,10 @@ pub struct ServeArgs {
     /// Largest HTTP request body in bytes, before and after gzip decompression.
     #[arg(long, env = "GANNET_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Threads ONNX Runtime scores with, shared by all models and queries [default: one per
+    /// core].
+    #[arg(long, env = "GANNET_ONNX_THREADS")]
+    pub onnx_threads: Option<usize>,
     /// Allow listening on a non-loopback address without authentication.
     #[arg(long)]
     pub insecure_no_auth: bool,
@@ -37,6 +41,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.max_body_bytes = args.max_body_bytes;
     config.insecure_no_auth = args.insecure_no_auth;
+    if let Some(threads) = args.onnx_threads {
+        config.onnx_threads = threads.max(1);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("gannet")

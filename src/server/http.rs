@@ -40,6 +40,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/health", get(health))
         .route("/ping", get(ping).head(ping))
         .route("/metrics", get(metrics))
+        .merge(super::models::routes())
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }

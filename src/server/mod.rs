@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use gannet_query::QueryEngine;
+use gannet_query::onnx::{ModelRegistry, OnnxConfig};
 use gannet_storage::{Engine, EngineConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -21,6 +22,7 @@ use tokio::task::JoinSet;
 
 pub mod http;
 pub mod metrics;
+pub mod models;
 pub mod pg;
 
 /// How the server is set up: where its data lives and where it listens.
@@ -34,6 +36,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Listen on a non-loopback address without authentication.
     pub insecure_no_auth: bool,
+    /// Threads in ONNX Runtime's pool, shared by all models and queries.
+    pub onnx_threads: usize,
 }
 
 impl ServerConfig {
@@ -48,6 +52,7 @@ impl ServerConfig {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8181)),
             max_body_bytes: 10 * 1024 * 1024,
             insecure_no_auth: false,
+            onnx_threads: gannet_query::onnx::default_threads(),
         }
     }
 }
@@ -93,9 +98,16 @@ impl Server {
         let engine = tokio::task::spawn_blocking(move || Engine::open(engine_config))
             .await?
             .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?;
-        let query = QueryEngine::new(engine.clone());
+        let models = Arc::new(ModelRegistry::new(
+            &config.models_dir,
+            OnnxConfig {
+                threads: config.onnx_threads,
+            },
+        ));
+        let query = QueryEngine::with_models(engine.clone(), models.clone());
         let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        tasks.spawn(models::watch(models, stopped.clone()));
 
         let state = Arc::new(http::HttpState {
             engine: engine.clone(),

@@ -23,8 +23,8 @@ pub struct ServeArgs {
     /// Largest HTTP request body in bytes, before and after gzip decompression.
     #[arg(long, env = "GANNET_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_body_bytes: usize,
-    /// Threads ONNX Runtime scores with, shared by all models and queries [default: one per
-    /// core].
+    /// How many batches of one ONNX model may be scored at once, each on its own thread and
+    /// ONNX Runtime session [default: one per core].
     #[arg(long, env = "GANNET_ONNX_THREADS")]
     pub onnx_threads: Option<usize>,
     /// Allow listening on a non-loopback address without authentication.

@@ -36,7 +36,7 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Listen on a non-loopback address without authentication.
     pub insecure_no_auth: bool,
-    /// Threads in ONNX Runtime's pool, shared by all models and queries.
+    /// How many batches of one ONNX model may be scored at once.
     pub onnx_threads: usize,
 }
 

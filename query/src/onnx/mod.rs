@@ -84,7 +84,8 @@ impl From<ModelError> for datafusion::error::DataFusionError {
 /// How ONNX Runtime runs.
 #[derive(Debug, Clone, Copy)]
 pub struct OnnxConfig {
-    /// Threads in ONNX Runtime's pool, shared by every model and query.
+    /// How many batches of one model may be scored at once, each on its own thread (and
+    /// ONNX Runtime session).
     pub threads: usize,
 }
 
@@ -96,8 +97,8 @@ impl Default for OnnxConfig {
     }
 }
 
-/// As many scoring threads as cores: ONNX Runtime's pool sleeps when idle, and a query's
-/// DataFusion partitions score on their own threads too.
+/// As many scoring threads as cores: DataFusion runs a query's partitions on that many
+/// threads, and each scores its own batches.
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -212,9 +213,19 @@ impl ModelRegistry {
         bytes: Vec<u8>,
         stats: Arc<model::Stats>,
     ) -> Result<Model, ModelError> {
-        let environment = runtime::environment(self.config.threads)
-            .map_err(|e| ModelError::new(ModelErrorKind::NoRuntime, e))?;
-        Model::load(name, path.clone(), stamp, bytes, environment, stats).map_err(|reason| {
+        let environment =
+            runtime::environment().map_err(|e| ModelError::new(ModelErrorKind::NoRuntime, e))?;
+        let sessions = self.config.threads.max(1);
+        Model::load(
+            name,
+            path.clone(),
+            stamp,
+            bytes,
+            environment,
+            sessions,
+            stats,
+        )
+        .map_err(|reason| {
             ModelError::new(
                 ModelErrorKind::Invalid,
                 format!(

@@ -158,19 +158,17 @@ pub struct Model {
 }
 
 /// A model's sessions. `Session::run` needs its session to itself, so a scoring call takes an
-/// idle one and puts it back. When none is idle, it makes another if that is quick, and
-/// otherwise waits: a tree ensemble can take seconds to load, longer than waiting for a run,
-/// and each run already spreads over ONNX Runtime's thread pool.
+/// idle one and puts it back; when none is idle, it makes another, up to `most`, and beyond
+/// that waits for one. Each session runs on its caller's thread: DataFusion's partitions are
+/// the parallelism (ONNX Runtime's own threads help little on batches of a few thousand rows,
+/// and would compete with DataFusion's).
 #[derive(Debug)]
 struct SessionPool {
+    /// Idle sessions, and how many there are in all.
     idle: Mutex<(Vec<Session>, usize)>,
     returned: Condvar,
-    /// The most sessions to make (once making one is quick).
     most: usize,
 }
-
-/// Making a session faster than this lets a busy model get another.
-const QUICK_LOAD: Duration = Duration::from_millis(20);
 
 impl SessionPool {
     fn take(&self, model: &Model) -> Result<Session, String> {
@@ -216,6 +214,7 @@ impl Model {
         stamp: FileStamp,
         bytes: Vec<u8>,
         environment: &'static Environment,
+        sessions: usize,
         stats: Arc<Stats>,
     ) -> Result<Model, String> {
         let started = Instant::now();
@@ -255,11 +254,7 @@ impl Model {
             sessions: SessionPool {
                 idle: Mutex::new((vec![session], 1)),
                 returned: Condvar::new(),
-                most: if load_time < QUICK_LOAD {
-                    super::default_threads()
-                } else {
-                    1
-                },
+                most: sessions.max(1),
             },
             load_time,
         })
@@ -454,9 +449,10 @@ impl Model {
     }
 }
 
-/// A session on ONNX Runtime's shared thread pool.
+/// A session that runs on its caller's thread.
 fn new_session(environment: &Environment, bytes: &[u8]) -> Result<Session, String> {
     Session::builder(environment)
+        .and_then(|b| Ok(b.with_intra_threads(1)?.with_inter_threads(1)?))
         .map_err(|e| e.to_string())?
         .commit_from_memory(bytes)
         .map_err(|e| e.to_string())

@@ -10,13 +10,12 @@
 //!    built from;
 //! 3. the system library directories.
 //!
-//! Only one ONNX Runtime environment can exist in a process, so the first successful start
-//! decides the thread pool for good.
+//! Only one ONNX Runtime environment can exist in a process; it is started once and kept.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use ort::environment::{Environment, GlobalThreadPoolOptions};
+use ort::environment::Environment;
 use ort::logging::LogLevel;
 
 /// The library's file name on this platform.
@@ -35,17 +34,16 @@ pub const INSTALL_HINT: &str = "run scripts/install-onnxruntime (it puts the onn
 
 static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
 
-/// The process's ONNX Runtime environment, started on first use with `threads` threads in its
-/// shared intra-op pool (the `threads` of later calls are ignored). Fails, with a message that
+/// The process's ONNX Runtime environment, started on first use. Fails, with a message that
 /// says how to install it, when the library cannot be found or loaded.
-pub fn environment(threads: usize) -> Result<&'static Environment, String> {
+pub fn environment() -> Result<&'static Environment, String> {
     ENVIRONMENT
-        .get_or_init(|| start(threads))
+        .get_or_init(start)
         .as_ref()
         .map_err(Clone::clone)
 }
 
-fn start(threads: usize) -> Result<Environment, String> {
+fn start() -> Result<Environment, String> {
     let path = find_library().ok_or_else(|| {
         format!("ONNX Runtime is not installed ({LIBRARY} not found): {INSTALL_HINT}")
     })?;
@@ -55,21 +53,13 @@ fn start(threads: usize) -> Result<Environment, String> {
             path.display()
         )
     };
-    // Loading the library comes first: every other call goes through it.
-    let builder = ort::init_from(&path).map_err(|e| fail(&e))?;
-    let pool = GlobalThreadPoolOptions::default()
-        .with_intra_threads(threads.max(1))
-        .and_then(|p| p.with_inter_threads(1))
-        // Idle pool threads sleep rather than spin: they share the cores with DataFusion.
-        .and_then(|p| p.with_spin_control(false))
-        .map_err(|e| fail(&e))?;
-    let environment = builder
+    let environment = ort::init_from(&path)
+        .map_err(|e| fail(&e))?
         .with_name("gannet")
-        .with_global_thread_pool(pool)
         .with_logger(Arc::new(log))
         .build()
         .map_err(|e| fail(&e))?;
-    tracing::info!(library = %path.display(), threads, "ONNX Runtime started");
+    tracing::info!(library = %path.display(), "ONNX Runtime started");
     Ok(environment)
 }
 

@@ -60,10 +60,21 @@ pub struct Gannet {
 struct Handle {
     engine: Arc<Engine>,
     query: gannet_query::QueryEngine,
+    /// Scores writes by the scoring rules, while the database is open.
+    scorer: std::sync::Mutex<Option<gannet_query::scoring::Scorer>>,
+}
+
+impl Handle {
+    fn stop_scoring(&self) {
+        if let Some(mut scorer) = self.scorer.lock().expect("scorer lock").take() {
+            scorer.stop();
+        }
+    }
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
+        self.stop_scoring();
         self.engine.stop_background();
     }
 }
@@ -77,8 +88,13 @@ impl Gannet {
     pub fn open_with(config: EngineConfig) -> Result<Gannet> {
         let engine = Engine::open(config)?;
         let query = gannet_query::QueryEngine::new(engine.clone());
+        let scorer = gannet_query::scoring::Scorer::start(&query);
         Ok(Gannet {
-            handle: Arc::new(Handle { engine, query }),
+            handle: Arc::new(Handle {
+                engine,
+                query,
+                scorer: std::sync::Mutex::new(Some(scorer)),
+            }),
         })
     }
 
@@ -123,8 +139,9 @@ impl Gannet {
         Ok(self.handle.engine.flush()?)
     }
 
-    /// Flushes and releases the data directory.
+    /// Flushes and releases the data directory (once scoring has caught up).
     pub fn close(self) -> Result<()> {
+        self.handle.stop_scoring();
         Ok(self.handle.engine.close()?)
     }
 

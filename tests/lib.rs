@@ -14,5 +14,6 @@ mod import;
 mod onnx;
 mod parquet_readers;
 mod pg_wire;
+mod scoring;
 mod serve;
 mod sql_cli;

@@ -14,7 +14,7 @@ use crate::support::{TestServer, python};
 
 /// The models and data tests/python/make_models.py makes, made once per version of the script
 /// and shared by every test (nextest runs each test in its own process).
-fn models() -> PathBuf {
+pub(crate) fn models() -> PathBuf {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/make_models.py");
     let source = std::fs::read(&script).unwrap();
     let hash = source.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
@@ -45,12 +45,12 @@ fn models() -> PathBuf {
 }
 
 /// scikit-learn's answers, one row per id.
-struct Expected {
-    rows: Vec<HashMap<String, String>>,
+pub(crate) struct Expected {
+    pub(crate) rows: Vec<HashMap<String, String>>,
 }
 
 impl Expected {
-    fn load(dir: &Path) -> Expected {
+    pub(crate) fn load(dir: &Path) -> Expected {
         let text = std::fs::read_to_string(dir.join("expected.csv")).unwrap();
         let mut lines = text.lines();
         let header: Vec<&str> = lines.next().unwrap().split(',').collect();
@@ -66,11 +66,11 @@ impl Expected {
         Expected { rows }
     }
 
-    fn f64(&self, row: usize, column: &str) -> f64 {
+    pub(crate) fn f64(&self, row: usize, column: &str) -> f64 {
         self.rows[row][column].parse().unwrap()
     }
 
-    fn i64(&self, row: usize, column: &str) -> i64 {
+    pub(crate) fn i64(&self, row: usize, column: &str) -> i64 {
         self.rows[row][column].parse().unwrap()
     }
 }
@@ -91,7 +91,7 @@ fn open_with_models() -> (tempfile::TempDir, Gannet, PathBuf) {
     (dir, db, models)
 }
 
-fn rt() -> tokio::runtime::Runtime {
+pub(crate) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -99,17 +99,17 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn one(batches: &[RecordBatch]) -> RecordBatch {
+pub(crate) fn one(batches: &[RecordBatch]) -> RecordBatch {
     arrow::compute::concat_batches(&batches[0].schema(), batches).unwrap()
 }
 
 /// `a` equals `b` within float32's precision, relative to the size of the values.
-fn close(a: f64, b: f64) -> bool {
+pub(crate) fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-5 * b.abs().max(1.0)
 }
 
 /// The SQLSTATE and message a statement fails with.
-fn error(rt: &tokio::runtime::Runtime, db: &Gannet, sql: &str) -> (String, String) {
+pub(crate) fn error(rt: &tokio::runtime::Runtime, db: &Gannet, sql: &str) -> (String, String) {
     let e = rt.block_on(db.sql("ml", sql)).expect_err(sql);
     let gannet::Error::Query(gannet::query::QueryError::DataFusion(e)) = &e else {
         panic!("{sql}: not a query error: {e}");
@@ -441,7 +441,10 @@ fn an_uploaded_model_is_checked_then_stored_whole() {
 }
 
 /// Waits until `check` holds, or panics after 20 s with what it last saw.
-fn eventually<T: std::fmt::Debug>(mut probe: impl FnMut() -> T, check: impl Fn(&T) -> bool) -> T {
+pub(crate) fn eventually<T: std::fmt::Debug>(
+    mut probe: impl FnMut() -> T,
+    check: impl Fn(&T) -> bool,
+) -> T {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let seen = probe();

@@ -145,6 +145,14 @@ impl TestServer {
         (status, data_dir, log)
     }
 
+    /// Kills the process with SIGKILL (kill -9) and returns its data directory.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        std::mem::replace(&mut self.data_dir, tempfile::tempdir().unwrap())
+    }
+
     /// Runs psql against database `db` with the given arguments (`-c SQL`, ...); returns
     /// whether it succeeded, stdout and stderr.
     pub fn psql(&self, db: &str, args: &[&str]) -> (bool, String, String) {

@@ -6,6 +6,35 @@ use datafusion::error::DataFusionError;
 
 use crate::onnx::ModelError;
 
+/// An error of Gannet's own statements, with the SQLSTATE PostgreSQL would give it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct SqlError {
+    pub sqlstate: &'static str,
+    pub message: String,
+}
+
+impl SqlError {
+    pub fn new(sqlstate: &'static str, message: impl Into<String>) -> SqlError {
+        SqlError {
+            sqlstate,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<SqlError> for DataFusionError {
+    fn from(e: SqlError) -> Self {
+        DataFusionError::External(Box::new(e))
+    }
+}
+
+impl From<SqlError> for crate::QueryError {
+    fn from(e: SqlError) -> Self {
+        crate::QueryError::DataFusion(e.into())
+    }
+}
+
 /// The SQLSTATE for a DataFusion error.
 pub fn sqlstate(error: &DataFusionError) -> &'static str {
     use datafusion::common::SchemaError;
@@ -37,10 +66,15 @@ pub fn sqlstate(error: &DataFusionError) -> &'static str {
             _ => "XX000",
         },
         DataFusionError::Execution(message) if message.contains("Divide by zero") => "22012",
-        DataFusionError::External(e) => match e.downcast_ref::<ModelError>() {
-            Some(e) => e.sqlstate(),
-            None => "XX000",
-        },
+        DataFusionError::External(e) => {
+            if let Some(e) = e.downcast_ref::<ModelError>() {
+                e.sqlstate()
+            } else if let Some(e) = e.downcast_ref::<SqlError>() {
+                e.sqlstate
+            } else {
+                "XX000"
+            }
+        }
         _ => "XX000",
     }
 }

@@ -34,6 +34,7 @@ pub mod dml;
 pub mod error;
 pub mod functions;
 pub mod onnx;
+pub mod scoring;
 pub mod system;
 pub mod table;
 
@@ -61,6 +62,7 @@ pub struct QueryEngine {
     states: Arc<Mutex<HashMap<String, SessionState>>>,
     merged: Arc<table::MergedWindows>,
     models: Arc<onnx::ModelRegistry>,
+    scoring: Arc<scoring::ScoringState>,
 }
 
 impl QueryEngine {
@@ -83,7 +85,22 @@ impl QueryEngine {
             states: Arc::default(),
             merged,
             models,
+            scoring: Arc::default(),
         }
+    }
+
+    /// Scoring rules' counts and alert feed.
+    pub fn scoring(&self) -> &Arc<scoring::ScoringState> {
+        &self.scoring
+    }
+
+    /// A session with Gannet's functions and models but no database: for SQL over batches
+    /// registered in it.
+    pub fn scratch_session(&self) -> SessionContext {
+        let ctx = SessionContext::new();
+        functions::register(&ctx);
+        onnx::udf::register(&ctx, &self.models);
+        ctx
     }
 
     /// The models the ONNX functions run.
@@ -123,8 +140,12 @@ impl QueryEngine {
             .with_information_schema(true);
         let ctx = SessionContext::new_with_config(config);
         let catalog = catalog::DatabaseCatalog::new(self.engine.clone(), db, self.merged.clone());
-        let system =
-            system::SystemSchema::new(self.engine.clone(), self.log.clone(), self.models.clone());
+        let system = system::SystemSchema::new(
+            self.engine.clone(),
+            self.log.clone(),
+            self.models.clone(),
+            self.scoring.clone(),
+        );
         datafusion::catalog::CatalogProvider::register_schema(
             &catalog,
             system::SYSTEM_SCHEMA,
@@ -149,6 +170,11 @@ impl QueryEngine {
     }
 
     async fn run(&self, db: &str, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
+        if let Some(statement) = scoring::statement::parse(sql) {
+            let statement = statement.map_err(|e| error::SqlError::new("42601", e))?;
+            self.execute_scoring(db, statement).await?;
+            return Ok(Vec::new());
+        }
         if let Some(statement) = single_sql_statement(sql)
             && let Some(done) = self.execute_own(&statement)
         {
@@ -189,6 +215,106 @@ impl QueryEngine {
                 })
             }
             _ => None,
+        }
+    }
+}
+
+impl QueryEngine {
+    /// Carries out `CREATE SCORING RULE` and `DROP SCORING RULE` in database `db`; returns
+    /// the command tag. A rule is checked before it is made: its table must exist, its
+    /// expression must give a number for the table's rows (so its model must exist and take
+    /// the arguments given), and its condition must be true or false.
+    pub async fn execute_scoring(
+        &self,
+        db: &str,
+        statement: scoring::statement::ScoringStatement,
+    ) -> Result<&'static str, QueryError> {
+        use error::SqlError;
+        use scoring::statement::ScoringStatement;
+        match statement {
+            ScoringStatement::Drop { name, if_exists } => {
+                if !self.engine.drop_scoring_rule(db, &name)? && !if_exists {
+                    return Err(SqlError::new(
+                        "42704",
+                        format!("scoring rule \"{name}\" does not exist"),
+                    )
+                    .into());
+                }
+                Ok("DROP SCORING RULE")
+            }
+            ScoringStatement::Create {
+                name,
+                if_not_exists,
+                table,
+                expression,
+                condition,
+                webhook,
+            } => {
+                gannet_storage::catalog::validate_name(&name)
+                    .map_err(gannet_storage::Error::from)?;
+                if table == scoring::ALERTS_TABLE || table.ends_with("_scores") {
+                    return Err(SqlError::new(
+                        "0A000",
+                        format!(
+                            "cannot score table \"{table}\": scoring writes to \"alerts\" \
+                             and \"<rule>_scores\", and a rule on them would score its own output"
+                        ),
+                    )
+                    .into());
+                }
+                let ctx = self.session(db)?;
+                let quoted = format!("\"{}\"", table.replace('"', "\"\""));
+                let scored = format!("SELECT *, ({expression}) AS score FROM {quoted}");
+                let frame = ctx.sql(&format!("{scored} LIMIT 0")).await?;
+                let score_type = frame
+                    .schema()
+                    .field_with_unqualified_name("score")
+                    .map(|f| f.data_type().clone())?;
+                if !(score_type.is_numeric() || score_type == arrow::datatypes::DataType::Boolean) {
+                    return Err(SqlError::new(
+                        "42804",
+                        format!("a score must be a number, and {expression} gives {score_type}"),
+                    )
+                    .into());
+                }
+                if let Some(condition) = &condition {
+                    let frame = ctx
+                        .sql(&format!(
+                            "SELECT ({condition}) AS alert FROM ({scored}) LIMIT 0"
+                        ))
+                        .await?;
+                    let alert_type = frame.schema().field(0).data_type().clone();
+                    if alert_type != arrow::datatypes::DataType::Boolean {
+                        return Err(SqlError::new(
+                            "42804",
+                            format!(
+                                "a rule's condition must be true or false, and {condition} \
+                                 gives {alert_type}"
+                            ),
+                        )
+                        .into());
+                    }
+                }
+                let rule = gannet_storage::catalog::ScoringRule {
+                    name: name.clone(),
+                    table,
+                    expression: expression.to_string(),
+                    condition: condition.map(|c| c.to_string()),
+                    webhook,
+                    from_seq: 0,
+                    created_at: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as i64),
+                };
+                if !self.engine.create_scoring_rule(db, rule)? && !if_not_exists {
+                    return Err(SqlError::new(
+                        "42710",
+                        format!("scoring rule \"{name}\" already exists"),
+                    )
+                    .into());
+                }
+                Ok("CREATE SCORING RULE")
+            }
         }
     }
 }

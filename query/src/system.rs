@@ -4,6 +4,7 @@
 //! - `system.segments`: the Parquet segments: path, table, time window and range, rows, bytes.
 //! - `system.queries`: the most recent queries, with their duration and outcome.
 //! - `system.models`: the ONNX models, their inputs and outputs, and how often they ran.
+//! - `system.scoring_rules`: the scoring rules of every database, how far each has scored.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use gannet_storage::Engine;
 
 use crate::onnx::ModelRegistry;
+use crate::scoring::ScoringState;
 
 /// The name of the schema.
 pub const SYSTEM_SCHEMA: &str = "system";
@@ -36,19 +38,26 @@ pub struct SystemSchema {
     engine: Arc<Engine>,
     log: QueryLog,
     models: Arc<ModelRegistry>,
+    scoring: Arc<ScoringState>,
 }
 
 impl SystemSchema {
-    pub fn new(engine: Arc<Engine>, log: QueryLog, models: Arc<ModelRegistry>) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        log: QueryLog,
+        models: Arc<ModelRegistry>,
+        scoring: Arc<ScoringState>,
+    ) -> Self {
         SystemSchema {
             engine,
             log,
             models,
+            scoring,
         }
     }
 }
 
-const TABLES: [&str; 4] = ["models", "queries", "segments", "tables"];
+const TABLES: [&str; 5] = ["models", "queries", "scoring_rules", "segments", "tables"];
 
 #[async_trait]
 impl SchemaProvider for SystemSchema {
@@ -62,6 +71,7 @@ impl SchemaProvider for SystemSchema {
             "segments" => Which::Segments,
             "queries" => Which::Queries,
             "models" => Which::Models,
+            "scoring_rules" => Which::ScoringRules,
             _ => return Ok(None),
         };
         Ok(Some(Arc::new(SystemTable {
@@ -70,6 +80,7 @@ impl SchemaProvider for SystemSchema {
             engine: self.engine.clone(),
             log: self.log.clone(),
             models: self.models.clone(),
+            scoring: self.scoring.clone(),
         })))
     }
 
@@ -84,6 +95,7 @@ enum Which {
     Segments,
     Queries,
     Models,
+    ScoringRules,
 }
 
 fn timestamp(name: &str) -> Field {
@@ -134,6 +146,19 @@ impl Which {
                 int("calls"),
                 int("rows_scored"),
             ],
+            Which::ScoringRules => vec![
+                text("database"),
+                text("name"),
+                text("table_name"),
+                text("expression"),
+                Field::new("condition", DataType::Utf8, true),
+                Field::new("webhook", DataType::Utf8, true),
+                timestamp("created_at"),
+                int("scored_seq"),
+                int("rows_scored"),
+                int("alerts"),
+                Field::new("last_error", DataType::Utf8, true),
+            ],
         }))
     }
 }
@@ -146,6 +171,7 @@ struct SystemTable {
     engine: Arc<Engine>,
     log: QueryLog,
     models: Arc<ModelRegistry>,
+    scoring: Arc<ScoringState>,
 }
 
 #[async_trait]
@@ -170,6 +196,7 @@ impl TableProvider for SystemTable {
             Which::Segments => self.segments(),
             Which::Queries => self.log.columns(),
             Which::Models => self.models()?,
+            Which::ScoringRules => self.scoring_rules(),
         };
         let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
         let exec = MemorySourceConfig::try_new_exec(
@@ -253,6 +280,48 @@ impl SystemTable {
             calls,
             rows,
         ])
+    }
+
+    fn scoring_rules(&self) -> Vec<ArrayRef> {
+        let catalog = self.engine.catalog();
+        let mut text: [StringBuilder; 7] = Default::default();
+        let mut created = TimestampNanosecondBuilder::new();
+        let mut ints: [Int64Builder; 3] = Default::default();
+        for (db, database) in &catalog.databases {
+            for rule in database.scoring_rules.values() {
+                let stats = self.scoring.stats(db, &rule.name);
+                let last_error = stats.last_error.lock().expect("stats lock").clone();
+                text[0].append_value(db);
+                text[1].append_value(&rule.name);
+                text[2].append_value(&rule.table);
+                text[3].append_value(&rule.expression);
+                text[4].append_option(rule.condition.as_deref());
+                text[5].append_option(rule.webhook.as_deref());
+                text[6].append_option(last_error);
+                created.append_value(rule.created_at);
+                let scored = self.engine.scored(db, &rule.name).unwrap_or(rule.from_seq);
+                ints[0].append_value(scored as i64);
+                ints[1].append_value(stats.rows.load(std::sync::atomic::Ordering::Relaxed) as i64);
+                ints[2]
+                    .append_value(stats.alerts.load(std::sync::atomic::Ordering::Relaxed) as i64);
+            }
+        }
+        let [db, name, table, expression, condition, webhook, error] =
+            text.map(|mut b| Arc::new(b.finish()) as ArrayRef);
+        let [scored, rows, alerts] = ints.map(|mut b| Arc::new(b.finish()) as ArrayRef);
+        vec![
+            db,
+            name,
+            table,
+            expression,
+            condition,
+            webhook,
+            Arc::new(created.finish()),
+            scored,
+            rows,
+            alerts,
+            error,
+        ]
     }
 
     fn segments(&self) -> Vec<ArrayRef> {

@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use gannet_query::QueryEngine;
 use gannet_query::onnx::{ModelRegistry, OnnxConfig};
+use gannet_query::scoring::Scorer;
 use gannet_storage::{Engine, EngineConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -65,6 +66,7 @@ pub struct Server {
     http_addr: SocketAddr,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    scorer: Scorer,
 }
 
 impl Server {
@@ -105,6 +107,7 @@ impl Server {
             },
         ));
         let query = QueryEngine::with_models(engine.clone(), models.clone());
+        let scorer = Scorer::start(&query);
         let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(models::watch(models, stopped.clone()));
@@ -138,6 +141,7 @@ impl Server {
             http_addr,
             stop,
             tasks,
+            scorer,
         })
     }
 
@@ -173,9 +177,13 @@ impl Server {
             self.tasks.abort_all();
         }
         let engine = self.engine.clone();
-        tokio::task::spawn_blocking(move || engine.close())
-            .await?
-            .context("closing the database")?;
+        let mut scorer = self.scorer;
+        tokio::task::spawn_blocking(move || {
+            scorer.stop();
+            engine.close()
+        })
+        .await?
+        .context("closing the database")?;
         tracing::info!("shut down cleanly");
         Ok(())
     }

@@ -260,6 +260,30 @@ pub struct DatabaseDef {
     #[serde(default)]
     pub retention_ns: Option<i64>,
     pub tables: BTreeMap<String, TableDef>,
+    /// Models bound to tables, by rule name (see [`ScoringRule`]).
+    #[serde(default)]
+    pub scoring_rules: BTreeMap<String, ScoringRule>,
+}
+
+/// A scoring rule: every write to `table` acknowledged after the rule was made is scored by
+/// `expression`, and the rows for which `condition` holds are alerts. The storage engine keeps
+/// rules and how far their scoring got; the query engine parses and runs the SQL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScoringRule {
+    pub name: String,
+    pub table: String,
+    /// SQL over the table's columns giving the score: `onnx_predict('fraud', amount, ...)`.
+    pub expression: String,
+    /// SQL over `score` and the table's columns: which scores are alerts.
+    #[serde(default)]
+    pub condition: Option<String>,
+    /// Where alerts are also POSTed.
+    #[serde(default)]
+    pub webhook: Option<String>,
+    /// Writes with a higher WAL sequence number are scored.
+    pub from_seq: u64,
+    /// When the rule was made (nanoseconds since the epoch).
+    pub created_at: i64,
 }
 
 /// The whole catalog. Cloned to persist it; changed only under the engine's lock.
@@ -381,6 +405,7 @@ impl Catalog {
                 name: name.to_owned(),
                 retention_ns: None,
                 tables: BTreeMap::new(),
+                scoring_rules: BTreeMap::new(),
             },
         );
         Ok(true)

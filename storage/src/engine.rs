@@ -19,7 +19,7 @@ use arrow::record_batch::RecordBatch;
 use crossbeam::channel::{RecvTimeoutError, Sender};
 
 use crate::buffer::{Buffer, ChunkKey, widen};
-use crate::catalog::{COLUMN_KIND_KEY, Catalog, ColumnType, SegmentMeta};
+use crate::catalog::{COLUMN_KIND_KEY, Catalog, ColumnType, ScoringRule, SegmentMeta};
 use crate::config::EngineConfig;
 use crate::dedup::dedup_sort;
 use crate::delete::{DeletePredicate, Tombstone, deleted_rows, remove_rows};
@@ -125,6 +125,13 @@ pub struct BufferStats {
     pub wal_files: usize,
 }
 
+/// Called with every write the WAL applies (after its fsync, in sequence order), on the
+/// WAL's thread: it must be quick and must not block.
+pub type WriteObserver = Box<dyn Fn(u64, &str, &[TableBatch]) + Send + Sync>;
+
+/// Scoring rules by (database, rule): the WAL sequence number their scoring has reached.
+type ScoredUpTo = std::collections::BTreeMap<(String, String), u64>;
+
 pub struct Engine {
     pub(crate) config: EngineConfig,
     pub(crate) catalog: Arc<RwLock<Catalog>>,
@@ -145,6 +152,9 @@ pub struct Engine {
     /// The oldest delete whose tombstone is not in the catalog file yet: WAL files from it
     /// on must stay.
     unpersisted_delete: Arc<Mutex<Option<PendingDeletes>>>,
+    observer: Arc<RwLock<Option<WriteObserver>>>,
+    /// How far each scoring rule has scored: WAL files from there on are kept.
+    scored: Mutex<ScoredUpTo>,
     _lock: File,
 }
 
@@ -156,7 +166,35 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-fn now_nanos() -> i64 {
+fn load_scored(dir: &Path) -> Result<ScoredUpTo> {
+    let path = paths::scoring_file(dir);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ScoredUpTo::new()),
+        Err(e) => return Err(io_error(&path)(e)),
+    };
+    let entries: Vec<(String, String, u64)> =
+        serde_json::from_slice(&bytes).map_err(|e| Error::Io {
+            path: path.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })?;
+    Ok(entries
+        .into_iter()
+        .map(|(db, rule, seq)| ((db, rule), seq))
+        .collect())
+}
+
+fn persist_scored(dir: &Path, scored: &ScoredUpTo) -> Result<()> {
+    let entries: Vec<(&str, &str, u64)> = scored
+        .iter()
+        .map(|((db, rule), seq)| (db.as_str(), rule.as_str(), *seq))
+        .collect();
+    let path = paths::scoring_file(dir);
+    let bytes = serde_json::to_vec(&entries).expect("plain data serializes");
+    paths::write_atomic(&path, &bytes).map_err(io_error(&path))
+}
+
+pub(crate) fn now_nanos() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
@@ -255,8 +293,13 @@ impl Engine {
         let space = Arc::new((Mutex::new(()), Condvar::new()));
         let (sink_catalog, sink_buffer) = (catalog.clone(), buffer.clone());
         let sink_unpersisted = unpersisted_delete.clone();
+        let observer: Arc<RwLock<Option<WriteObserver>>> = Arc::default();
+        let sink_observer = observer.clone();
         let sink: wal::Sink = Box::new(move |seq, entry| match entry {
             WalEntry::Write { db, tables } => {
+                if let Some(observe) = sink_observer.read().expect("observer lock").as_ref() {
+                    observe(seq, &db, &tables);
+                }
                 sink_buffer
                     .write()
                     .expect("buffer lock")
@@ -292,6 +335,8 @@ impl Engine {
             flusher: Mutex::new(None),
             closed: AtomicBool::new(false),
             catalog_stale: AtomicBool::new(false),
+            observer,
+            scored: Mutex::new(load_scored(&dir)?),
             _lock: lock,
         });
         engine.persist_catalog()?;
@@ -704,7 +749,131 @@ impl Engine {
             .lock()
             .expect("delete lock")
             .map_or(u64::MAX, |range| range.oldest);
-        self.wal.remove_persisted(below.min(pending_delete))?;
+        let hold = self.wal_hold();
+        self.wal
+            .remove_persisted(below.min(pending_delete).min(hold))?;
+        Ok(())
+    }
+
+    /// The oldest WAL sequence number some scoring rule has yet to score (`u64::MAX` if none).
+    fn wal_hold(&self) -> u64 {
+        let catalog = self.catalog.read().expect("catalog lock");
+        let scored = self.scored.lock().expect("scored lock");
+        catalog
+            .databases
+            .iter()
+            .flat_map(|(db, d)| d.scoring_rules.values().map(move |r| (db, r)))
+            .map(|(db, rule)| {
+                let key = (db.clone(), rule.name.clone());
+                scored
+                    .get(&key)
+                    .copied()
+                    .unwrap_or(rule.from_seq)
+                    .max(rule.from_seq)
+                    + 1
+            })
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Has `observer` called with every write from now on (or no one, with `None`).
+    pub fn set_write_observer(&self, observer: Option<WriteObserver>) {
+        *self.observer.write().expect("observer lock") = observer;
+    }
+
+    /// The sequence number of the last write or delete applied.
+    pub fn last_seq(&self) -> u64 {
+        self.buffer.read().expect("buffer lock").last_seq()
+    }
+
+    /// Adds a scoring rule to database `db` (creating the database if needed): writes
+    /// acknowledged from now on will be scored. Returns false, changing nothing, if the
+    /// database has a rule of that name.
+    pub fn create_scoring_rule(&self, db: &str, mut rule: ScoringRule) -> Result<bool> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        {
+            let mut catalog = self.catalog.write().expect("catalog lock");
+            catalog.create_database(db)?;
+            let rules = &mut catalog
+                .databases
+                .get_mut(db)
+                .expect("just created")
+                .scoring_rules;
+            if rules.contains_key(&rule.name) {
+                return Ok(false);
+            }
+            // Every write not applied yet gets a higher sequence number than this: it is
+            // scored, as are all writes acknowledged after the rule exists.
+            rule.from_seq = self.last_seq();
+            rules.insert(rule.name.clone(), rule);
+        }
+        self.persist_catalog()?;
+        Ok(true)
+    }
+
+    /// Removes a scoring rule; returns whether there was one.
+    pub fn drop_scoring_rule(&self, db: &str, name: &str) -> Result<bool> {
+        let removed = {
+            let mut catalog = self.catalog.write().expect("catalog lock");
+            catalog
+                .databases
+                .get_mut(db)
+                .and_then(|d| d.scoring_rules.remove(name))
+                .is_some()
+        };
+        if removed {
+            self.persist_catalog()?;
+            let mut scored = self.scored.lock().expect("scored lock");
+            scored.remove(&(db.to_owned(), name.to_owned()));
+            persist_scored(&self.config.data_dir, &scored)?;
+        }
+        Ok(removed)
+    }
+
+    /// The sequence number up to which rule `name` of `db` has scored every write (`None` if
+    /// there is no such rule).
+    pub fn scored(&self, db: &str, name: &str) -> Option<u64> {
+        let from = self
+            .catalog
+            .read()
+            .expect("catalog lock")
+            .databases
+            .get(db)?
+            .scoring_rules
+            .get(name)?
+            .from_seq;
+        let scored = self.scored.lock().expect("scored lock");
+        Some(
+            scored
+                .get(&(db.to_owned(), name.to_owned()))
+                .map_or(from, |s| (*s).max(from)),
+        )
+    }
+
+    /// Records, durably, that each rule `(db, name, seq)` has scored every write up to
+    /// `seq`: WAL files below the oldest may go, and scoring resumes there on restart.
+    pub fn set_scored(&self, updates: &[(&str, &str, u64)]) -> Result<()> {
+        let mut scored = self.scored.lock().expect("scored lock");
+        for (db, name, seq) in updates {
+            scored.insert(((*db).to_owned(), (*name).to_owned()), *seq);
+        }
+        persist_scored(&self.config.data_dir, &scored)
+    }
+
+    /// Reads back the WAL's writes with a sequence number above `after`, in order (those
+    /// still in it: see [`Engine::set_scored`]), handing each to `f`.
+    pub fn read_wal_since(
+        &self,
+        after: u64,
+        mut f: impl FnMut(u64, &str, Vec<TableBatch>),
+    ) -> Result<()> {
+        wal::read_since(&self.config.data_dir, after, |seq, entry| {
+            if let WalEntry::Write { db, tables } = entry {
+                f(seq, &db, tables);
+            }
+        })?;
         Ok(())
     }
 

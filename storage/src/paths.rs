@@ -30,6 +30,11 @@ pub fn catalog_file(data_dir: &Path) -> PathBuf {
     data_dir.join(CATALOG_FILE)
 }
 
+/// How far each scoring rule has scored (see [`crate::engine::Engine::set_scored`]).
+pub fn scoring_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("scoring.json")
+}
+
 pub fn wal_dir(data_dir: &Path) -> PathBuf {
     data_dir.join(WAL_DIR)
 }

@@ -28,7 +28,7 @@ use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{FieldInfo, Response};
+use pgwire::api::results::{FieldInfo, Response, Tag};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
@@ -230,6 +230,9 @@ impl SimpleQueryHandler for QueryRouter {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        if let Some(response) = self.scoring_statement(client, query).await {
+            return Ok(vec![response?]);
+        }
         let service = self.sessions.service(client)?;
         let query = rewrite_grafana_search_path(query);
         let logged = self.sessions.query.log().start(database_of(client), &query);
@@ -242,6 +245,50 @@ impl SimpleQueryHandler for QueryRouter {
             .into_iter()
             .map(|response| control.watch(response))
             .collect())
+    }
+}
+
+impl QueryRouter {
+    /// Carries out `sql` if it is a scoring-rule statement (which DataFusion's parser does
+    /// not know).
+    async fn scoring_statement(
+        &self,
+        client: &(impl ClientInfo + ?Sized),
+        sql: &str,
+    ) -> Option<PgWireResult<Response>> {
+        let statement = gannet_query::scoring::statement::parse(sql)?;
+        let db = database_of(client);
+        let logged = self.sessions.query.log().start(db, sql);
+        let result = match statement {
+            Err(message) => Err(user_error("ERROR", "42601", message)),
+            Ok(statement) => match self.sessions.query.execute_scoring(db, statement).await {
+                Ok(tag) => Ok(Response::Execution(Tag::new(tag))),
+                Err(e) => Err(query_error(&e)),
+            },
+        };
+        logged.finish(match &result {
+            Ok(_) => Ok(0),
+            Err(e) => Err(e.to_string()),
+        });
+        Some(result)
+    }
+}
+
+/// A query engine error as PostgreSQL reports it.
+fn query_error(e: &gannet_query::QueryError) -> PgWireError {
+    use gannet_query::QueryError;
+    match e {
+        QueryError::DataFusion(e) => user_error(
+            "ERROR",
+            gannet_query::error::sqlstate(e),
+            gannet_query::error::message(e),
+        ),
+        QueryError::UnknownDatabase(db) => unknown_database(db, "ERROR"),
+        QueryError::DatabaseExists(_) => user_error("ERROR", "42P04", e.to_string()),
+        QueryError::Storage(gannet_storage::Error::Catalog(
+            gannet_storage::catalog::CatalogError::InvalidName { .. },
+        )) => user_error("ERROR", "42602", e.to_string()),
+        QueryError::Storage(_) => user_error("ERROR", "XX000", e.to_string()),
     }
 }
 
@@ -266,6 +313,12 @@ impl ExtendedQueryHandler for QueryRouter {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        if let Some(response) = self
+            .scoring_statement(client, &portal.statement.statement.0)
+            .await
+        {
+            return response;
+        }
         let service = self.sessions.service(client)?;
         let logged = self
             .sessions
@@ -301,6 +354,10 @@ impl QueryParser for RoutingParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
+        if gannet_query::scoring::statement::parse(sql).is_some() {
+            // Carried out when executed (QueryRouter::scoring_statement).
+            return Ok(Some((sql.to_owned(), None)));
+        }
         let service = self.sessions.service(client)?;
         let parser: Arc<Parser> = service.query_parser();
         let sql = rewrite_grafana_search_path(sql);

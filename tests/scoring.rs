@@ -258,36 +258,26 @@ fn writes_acknowledged_but_not_scored_before_a_crash_are_scored_after_it() {
     assert_eq!(count(&rt, &db, "SELECT count(*) FROM odd_scores"), 2000);
 }
 
-#[test]
-fn kill_9_while_scoring_loses_no_alert_and_duplicates_none() {
-    let models = models();
+/// A server with the isolation forest, a table `events` and the rule [`RULE`] on it.
+fn server_with_rule() -> TestServer {
     let data = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(data.path().join("models")).unwrap();
-    std::fs::copy(
-        models.join("iforest.onnx"),
-        data.path().join("models/iforest.onnx"),
-    )
-    .unwrap();
+    let model = models().join("iforest.onnx");
+    std::fs::copy(model, data.path().join("models/iforest.onnx")).unwrap();
     let server = TestServer::start_in(data, &[]);
-    let rows = std::fs::read(models.join("rows.lp")).unwrap();
-    // The table exists before the rule.
-    let first = rows.split(|b| *b == b'\n').next().unwrap().to_vec();
-    let (status, _) = server.curl(
-        "POST",
-        "/api/v3/write_lp?db=ml&precision=s",
-        &[],
-        Some(&first),
-    );
+    let (status, _) = server.write("ml", b"events,src=a x1=0.1,x2=-0.2,x3=0.3 1");
     assert_eq!(status, 204);
     let (ok, _, err) = server.psql("ml", &["-c", RULE]);
     assert!(ok, "{err}");
+    server
+}
+
+#[test]
+fn kill_9_while_scoring_loses_no_alert_and_duplicates_none() {
+    let server = server_with_rule();
+    let rows = std::fs::read(models().join("rows.lp")).unwrap();
     // Acknowledged, then killed before (or while) the scorer gets to it.
-    let (status, _) = server.curl(
-        "POST",
-        "/api/v3/write_lp?db=ml&precision=s",
-        &[],
-        Some(&rows),
-    );
+    let (status, _) = server.write("ml", &rows);
     assert_eq!(status, 204);
     let data = server.kill();
 
@@ -306,4 +296,84 @@ fn kill_9_while_scoring_loses_no_alert_and_duplicates_none() {
         &["-At", "-c", "SELECT count(DISTINCT time) FROM alerts"],
     );
     assert_eq!(out.trim(), want.len().to_string());
+}
+
+#[test]
+fn listeners_hear_an_injected_anomaly_over_psql_and_psycopg() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+
+    let server = server_with_rule();
+    // psycopg waits on the socket: the notification must come by itself.
+    let listener = r#"
+import sys, psycopg
+conn = psycopg.connect(sys.argv[1], autocommit=True)
+conn.execute("LISTEN gannet_alerts")
+print("listening", flush=True)
+for n in conn.notifies(timeout=30, stop_after=1):
+    print(n.channel, n.payload, flush=True)
+"#;
+    let mut python = Command::new(crate::support::python())
+        .args(["-c", listener, &server.dsn("ml")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(python.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "listening");
+    // psql, as a person would use it: LISTEN, then any later command shows what arrived.
+    let mut psql = Command::new("psql")
+        .args(["-X", "-h", &server.pg.ip().to_string(), "-p"])
+        .arg(server.pg.port().to_string())
+        .args(["-U", "gannet_test", "-d", "ml"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut psql_in = psql.stdin.take().unwrap();
+    writeln!(psql_in, "LISTEN gannet_alerts;").unwrap();
+    // psql has listened once it answers this.
+    writeln!(psql_in, "\\echo listening").unwrap();
+    let mut psql_out = BufReader::new(psql.stdout.take().unwrap()).lines();
+    eventually(
+        || psql_out.next().unwrap().unwrap(),
+        |line| line == "listening",
+    );
+
+    // The anomaly, and a normal row.
+    let body =
+        b"events,src=probe x1=30.0,x2=30.0,x3=30.0 2\nevents,src=probe x1=0.0,x2=0.1,x3=0.0 3";
+    let (status, _) = server.write("ml", body);
+    assert_eq!(status, 204);
+
+    let heard = lines.next().unwrap().unwrap();
+    let (channel, payload) = heard.split_once(' ').unwrap();
+    assert_eq!(channel, "gannet_alerts");
+    let alert: serde_json::Value = serde_json::from_str(payload).unwrap();
+    assert_eq!(alert["rule"], "odd");
+    assert_eq!(alert["table"], "events");
+    assert_eq!(alert["tags"]["src"], "probe");
+    assert_eq!(alert["time"], "1970-01-01T00:00:02Z");
+    assert_eq!(alert["score"], -1.0);
+    assert!(python.wait().unwrap().success());
+
+    eventually(
+        || {
+            server
+                .psql("ml", &["-At", "-c", "SELECT count(*) FROM alerts"])
+                .1
+        },
+        |n| n.trim() == "1",
+    );
+    writeln!(psql_in, "SELECT 1 AS after;").unwrap();
+    drop(psql_in);
+    let rest: Vec<String> = psql_out.map(|l| l.unwrap()).collect();
+    let rest = rest.join("\n");
+    assert!(
+        rest.contains("Asynchronous notification \"gannet_alerts\" with payload")
+            && rest.contains("\"rule\":\"odd\""),
+        "{rest}"
+    );
+    assert!(psql.wait().unwrap().success());
 }

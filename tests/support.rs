@@ -145,6 +145,16 @@ impl TestServer {
         (status, data_dir, log)
     }
 
+    /// Writes line protocol with second timestamps to database `db`: `(status, body)`.
+    pub fn write(&self, db: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        self.curl(
+            "POST",
+            &format!("/api/v3/write_lp?db={db}&precision=s"),
+            &[],
+            Some(body),
+        )
+    }
+
     /// Kills the process with SIGKILL (kill -9) and returns its data directory.
     pub fn kill(mut self) -> tempfile::TempDir {
         let mut child = self.child.take().unwrap();

@@ -131,7 +131,13 @@ impl Server {
         });
         tracing::info!("HTTP API listening on http://{http_addr}");
 
-        let handlers = Arc::new(pg::PgHandlers::new(query));
+        let handlers = Arc::new(pg::PgHandlers::new(query.clone()));
+        tasks.spawn(
+            handlers
+                .notifications
+                .clone()
+                .forward_alerts(query.scoring().clone(), stopped.clone()),
+        );
         tasks.spawn(serve_pg(pg_listener, handlers, stopped));
         tracing::info!("Postgres wire protocol listening on {pg_addr}");
 
@@ -203,7 +209,7 @@ async fn serve_pg(
                     let _ = socket.set_nodelay(true);
                     let handlers = handlers.clone();
                     connections.spawn(async move {
-                        if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                        if let Err(e) = pg::notify::serve_connection(socket, handlers).await {
                             tracing::debug!(%peer, error = %e, "Postgres connection ended with an error");
                         }
                     });

@@ -100,6 +100,7 @@ pub(super) fn rewrite_grafana_search_path(sql: &str) -> Cow<'_, str> {
 #[derive(Debug)]
 pub(super) struct GannetStatementsHook {
     pub(super) query: gannet_query::QueryEngine,
+    pub(super) notifications: super::notify::Notifications,
 }
 
 impl GannetStatementsHook {
@@ -116,8 +117,45 @@ impl GannetStatementsHook {
     }
 
     fn handles(statement: &sqlparser::ast::Statement) -> bool {
+        use sqlparser::ast::Statement;
         Self::savepoint_tag(statement).is_some()
-            || matches!(statement, sqlparser::ast::Statement::CreateDatabase { .. })
+            || matches!(
+                statement,
+                Statement::CreateDatabase { .. }
+                    | Statement::LISTEN { .. }
+                    | Statement::UNLISTEN { .. }
+                    | Statement::NOTIFY { .. }
+            )
+    }
+
+    /// `LISTEN`, `UNLISTEN` and `NOTIFY`, on the connection `client`.
+    fn notify(
+        &self,
+        statement: &sqlparser::ast::Statement,
+        client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        use sqlparser::ast::Statement;
+        let tag = match statement {
+            Statement::LISTEN { channel } => {
+                super::notify::listen(client, &channel.value);
+                "LISTEN"
+            }
+            Statement::UNLISTEN { channel } => {
+                super::notify::unlisten(client, &channel.value);
+                "UNLISTEN"
+            }
+            Statement::NOTIFY { channel, payload } => {
+                self.notifications.publish(super::notify::Notification {
+                    database: super::database_of(client).to_owned(),
+                    channel: channel.value.clone(),
+                    payload: payload.clone().unwrap_or_default(),
+                    pid: client.pid_and_secret_key().0,
+                });
+                "NOTIFY"
+            }
+            _ => return None,
+        };
+        Some(Ok(Response::Execution(Tag::new(tag))))
     }
 
     fn run(&self, statement: &sqlparser::ast::Statement) -> Option<PgWireResult<Response>> {
@@ -147,9 +185,10 @@ impl QueryHook for GannetStatementsHook {
         &self,
         statement: &sqlparser::ast::Statement,
         _session_context: &SessionContext,
-        _client: &mut dyn HookClient,
+        client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        self.run(statement)
+        self.notify(statement, client)
+            .or_else(|| self.run(statement))
     }
 
     async fn handle_extended_parse_query(
@@ -175,9 +214,10 @@ impl QueryHook for GannetStatementsHook {
         _logical_plan: &LogicalPlan,
         _params: &datafusion::common::ParamValues,
         _session_context: &SessionContext,
-        _client: &mut dyn HookClient,
+        client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        self.run(statement)
+        self.notify(statement, client)
+            .or_else(|| self.run(statement))
     }
 }
 

@@ -40,6 +40,7 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
 mod cancel;
 mod compat;
+pub mod notify;
 
 use cancel::{Canceller, Running};
 use compat::{GannetStatementsHook, register_functions, rewrite_grafana_search_path};
@@ -60,13 +61,17 @@ pub struct PgHandlers {
     query: Arc<QueryRouter>,
     startup: Arc<Startup>,
     cancel: Arc<Canceller>,
+    /// `NOTIFY`s and alerts, for the connections that `LISTEN`.
+    pub notifications: notify::Notifications,
 }
 
 impl PgHandlers {
     pub fn new(query: QueryEngine) -> PgHandlers {
+        let notifications = notify::Notifications::default();
         let sessions = Arc::new(Sessions {
             query,
             services: Mutex::new(HashMap::new()),
+            notifications: notifications.clone(),
         });
         let connections = Arc::new(ConnectionManager::new());
         let running = Arc::new(Running::default());
@@ -86,6 +91,7 @@ impl PgHandlers {
                 planning: DefaultCancelHandler::new(connections),
                 running,
             }),
+            notifications,
         }
     }
 }
@@ -116,6 +122,7 @@ impl PgWireServerHandlers for PgHandlers {
 struct Sessions {
     query: QueryEngine,
     services: Mutex<HashMap<String, Arc<DfSessionService>>>,
+    notifications: notify::Notifications,
 }
 
 impl Debug for Sessions {
@@ -144,6 +151,7 @@ impl Sessions {
         let hooks: Vec<Arc<dyn QueryHook>> = vec![
             Arc::new(GannetStatementsHook {
                 query: self.query.clone(),
+                notifications: self.notifications.clone(),
             }),
             Arc::new(CursorStatementHook),
             Arc::new(SetShowHook),

@@ -140,14 +140,16 @@ async fn a_session_sees_its_own_database_as_postgres_does() {
     .await;
     assert_eq!(
         tables,
-        "+---------------+--------------+------------+\n\
-         | table_catalog | table_schema | table_name |\n\
-         +---------------+--------------+------------+\n\
-         | m             | public       | cpu        |\n\
-         | m             | system       | queries    |\n\
-         | m             | system       | segments   |\n\
-         | m             | system       | tables     |\n\
-         +---------------+--------------+------------+"
+        "+---------------+--------------+---------------+\n\
+         | table_catalog | table_schema | table_name    |\n\
+         +---------------+--------------+---------------+\n\
+         | m             | public       | cpu           |\n\
+         | m             | system       | models        |\n\
+         | m             | system       | queries       |\n\
+         | m             | system       | scoring_rules |\n\
+         | m             | system       | segments      |\n\
+         | m             | system       | tables        |\n\
+         +---------------+--------------+---------------+"
     );
     let err = error(&query, "m", "SELECT * FROM other.public.mem").await;
     assert!(err.contains("other"), "{err}");

@@ -377,3 +377,89 @@ for n in conn.notifies(timeout=30, stop_after=1):
     );
     assert!(psql.wait().unwrap().success());
 }
+
+/// A webhook endpoint on loopback: answers 500 to the first `failures` requests and 204 to
+/// the rest, and passes on each request's body with the status it got.
+fn webhook_endpoint(failures: usize) -> (String, std::sync::mpsc::Receiver<(u16, String)>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line.trim().is_empty() {
+                    break;
+                }
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let status = if n < failures { 500 } else { 204 };
+            let reason = if status == 500 {
+                "Internal Server Error"
+            } else {
+                "No Content"
+            };
+            write!(
+                stream,
+                "HTTP/1.1 {status} {reason}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            )
+            .unwrap();
+            if tx.send((status, String::from_utf8(body).unwrap())).is_err() {
+                return;
+            }
+        }
+    });
+    (url, rx)
+}
+
+#[test]
+fn a_rules_webhook_gets_each_alert_and_is_retried_when_it_fails() {
+    let (_dir, db) = open();
+    let rt = rt();
+    db.write_lp(
+        "ml",
+        "events,src=a x1=0.1,x2=-0.2,x3=0.3 1",
+        Precision::Second,
+    )
+    .unwrap();
+    let (url, posts) = webhook_endpoint(1);
+    rt.block_on(db.sql(
+        "ml",
+        &format!(
+            "CREATE SCORING RULE hooked ON events USING onnx_predict('iforest', x1, x2, x3) \
+             WHERE score = -1 WITH (webhook = '{url}')"
+        ),
+    ))
+    .unwrap();
+    db.write_lp(
+        "ml",
+        "events,src=probe x1=30.0,x2=30.0,x3=30.0 2\nevents,src=probe x1=0.0,x2=0.1,x3=0.0 3",
+        Precision::Second,
+    )
+    .unwrap();
+    let wait = std::time::Duration::from_secs(20);
+    let (status, first) = posts.recv_timeout(wait).unwrap();
+    assert_eq!(status, 500);
+    let (status, retried) = posts.recv_timeout(wait).unwrap();
+    assert_eq!(status, 204);
+    assert_eq!(first, retried);
+    let alert: serde_json::Value = serde_json::from_str(&retried).unwrap();
+    assert_eq!(alert["rule"], "hooked");
+    assert_eq!(alert["tags"]["src"], "probe");
+    assert_eq!(alert["time"], "1970-01-01T00:00:02Z");
+    // One alert, one delivery.
+    assert!(
+        posts
+            .recv_timeout(std::time::Duration::from_secs(2))
+            .is_err()
+    );
+}

@@ -33,6 +33,7 @@ use gannet_storage::{Engine, Precision};
 use crate::QueryEngine;
 
 pub mod statement;
+pub mod webhook;
 
 /// The table alerts are written to, in the rule's database.
 pub const ALERTS_TABLE: &str = "alerts";
@@ -165,6 +166,7 @@ impl Scorer {
         })));
         let stop = Arc::new(AtomicBool::new(false));
         let worker = Worker {
+            webhooks: webhook::Webhooks::start(),
             query: query.clone(),
             shared,
             queue: rx,
@@ -222,6 +224,7 @@ struct Active {
 }
 
 struct Worker {
+    webhooks: webhook::Webhooks,
     query: QueryEngine,
     shared: Arc<Shared>,
     queue: Receiver<Queued>,
@@ -511,6 +514,9 @@ impl Worker {
             .alerts
             .fetch_add(alerts.len() as u64, Ordering::Relaxed);
         for alert in alerts {
+            if let Some(url) = &rule.webhook {
+                self.webhooks.send(url, alert.to_json());
+            }
             // No listener is fine.
             let _ = self.query.scoring().alerts.send(Arc::new(alert));
         }

@@ -75,7 +75,7 @@ impl Webhooks {
         if let Err(TrySendError::Full(delivery)) = tx.try_send(delivery) {
             let dropped = self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             // Once per thousand, not once per alert.
-            if dropped % 1000 == 0 {
+            if dropped.is_multiple_of(1000) {
                 tracing::warn!(
                     url = %delivery.url,
                     dropped = dropped + 1,

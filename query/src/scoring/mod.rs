@@ -234,7 +234,10 @@ struct Worker {
 
 impl Worker {
     fn run(mut self) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        // Scoring runs the rows of a round in one partition per core, on threads of its own.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(crate::onnx::default_threads())
+            .thread_name("gannet-scoring")
             .enable_all()
             .build()
             .expect("the scorer's runtime");
@@ -415,7 +418,16 @@ impl Worker {
         let rule = &active.rule;
         let ctx = self.query.scratch_session();
         let input = rows.schema();
-        ctx.register_batch("rows", rows)
+        // One partition per core, so that the model scores them in parallel.
+        let parts = crate::onnx::default_threads().max(1);
+        let chunk = rows.num_rows().div_ceil(parts).max(1);
+        let partitions: Vec<Vec<RecordBatch>> = (0..rows.num_rows())
+            .step_by(chunk)
+            .map(|start| vec![rows.slice(start, chunk.min(rows.num_rows() - start))])
+            .collect();
+        let table = datafusion::datasource::MemTable::try_new(input.clone(), partitions)
+            .map_err(|e| e.to_string())?;
+        ctx.register_table("rows", Arc::new(table))
             .map_err(|e| e.to_string())?;
         let sql = match &rule.condition {
             Some(condition) => format!(

@@ -216,6 +216,10 @@ fn main() {
         stats.alerts.load(Ordering::Relaxed)
     );
 
+    let model = db.models().get("iforest").unwrap();
+    let (runs, model_rows) = model.usage();
+    println!("the model ran {runs} times on {model_rows} rows");
+
     // The per-event consumer: the same stream, one onnxruntime predict per event.
     let consumer = r#"
 import sys, time, numpy as np, onnxruntime as rt

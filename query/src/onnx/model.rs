@@ -157,9 +157,9 @@ pub struct Model {
     pub load_time: Duration,
 }
 
-/// A model's sessions. `Session::run` needs its session to itself, so a scoring call takes an
-/// idle one and puts it back; when none is idle, it makes another, up to `most`, and beyond
-/// that waits for one. Each session runs on its caller's thread: DataFusion's partitions are
+/// A model's sessions, all `most` of them made when the model is loaded. `Session::run` needs
+/// its session to itself, so a scoring call takes an idle one and puts it back, or waits for
+/// one when all are busy. Each session runs on its caller's thread: DataFusion's partitions are
 /// the parallelism (ONNX Runtime's own threads help little on batches of a few thousand rows,
 /// and would compete with DataFusion's).
 #[derive(Debug)]
@@ -217,9 +217,28 @@ impl Model {
         sessions: usize,
         stats: Arc<Stats>,
     ) -> Result<Model, String> {
+        // All of the model's sessions at once, side by side: ONNX Runtime can take seconds
+        // to prepare one (a tree ensemble), which a query should not wait for later.
         let started = Instant::now();
-        let session = new_session(environment, &bytes)?;
+        let most = sessions.max(1);
+        let mut made: Vec<Session> = if most == 1 {
+            vec![new_session(environment, &bytes)?]
+        } else {
+            std::thread::scope(|scope| {
+                let making: Vec<_> = (0..most)
+                    .map(|_| scope.spawn(|| new_session(environment, &bytes)))
+                    .collect();
+                making
+                    .into_iter()
+                    .map(|m| {
+                        m.join()
+                            .unwrap_or_else(|_| Err("ONNX Runtime panicked".to_owned()))
+                    })
+                    .collect::<Result<_, _>>()
+            })?
+        };
         let load_time = started.elapsed();
+        let session = made.pop().expect("at least one session");
         let inputs = session
             .inputs()
             .iter()
@@ -252,9 +271,15 @@ impl Model {
             bytes,
             environment,
             sessions: SessionPool {
-                idle: Mutex::new((vec![session], 1)),
+                idle: Mutex::new((
+                    {
+                        made.push(session);
+                        made
+                    },
+                    most,
+                )),
                 returned: Condvar::new(),
-                most: sessions.max(1),
+                most,
             },
             load_time,
         })

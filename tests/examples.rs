@@ -72,3 +72,33 @@ fn every_grafana_dashboard_query_runs() {
         assert!(!out.trim().is_empty(), "no rows for:\n{sql}");
     }
 }
+
+#[test]
+fn anomaly_detection_example_uploads_scores_and_hears_its_alert() {
+    let server = TestServer::start();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/anomaly_detection.py");
+    let out = Command::new(python())
+        .arg(example)
+        .env("GANNET_HTTP", server.url(""))
+        .env("GANNET_PG", server.pg.to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("uploaded cpu_iforest -> 201\nwrote 180 points\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("alert: cpu_odd db-1 2023-11-14T23:13:20Z score -1.0"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("alerts table: [('db-1', 'cpu_odd', -1.0)]"),
+        "{stdout}"
+    );
+}

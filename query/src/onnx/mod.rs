@@ -252,7 +252,9 @@ impl ModelRegistry {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(io_error(&self.dir, &e)),
         };
-        self.lock().retain(|name, _| names.contains(name));
+        // A model uploaded since the directory was read is kept, of course.
+        self.lock()
+            .retain(|name, _| names.contains(name) || self.path(name).is_file());
         let mut models = Vec::new();
         for name in &names {
             match self.get(name) {

@@ -6,22 +6,28 @@ use std::process::Command;
 use crate::support::{TestServer, python};
 use crate::tsbs;
 
-#[test]
-fn python_client_example_writes_and_queries() {
+/// Runs a Python example against a fresh server; returns what it printed.
+fn run_example(name: &str) -> String {
     let server = TestServer::start();
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python_client.py");
+    let example = format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new(python())
         .arg(example)
         .env("GANNET_HTTP", server.url(""))
         .env("GANNET_PG", server.pg.to_string())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+#[test]
+fn python_client_example_writes_and_queries() {
+    let stdout = run_example("python_client.py");
     assert!(stdout.starts_with("wrote 180 points\n"), "{stdout}");
     assert_eq!(stdout.matches(" 60 points ").count(), 3, "{stdout}");
 }
@@ -75,20 +81,7 @@ fn every_grafana_dashboard_query_runs() {
 
 #[test]
 fn anomaly_detection_example_uploads_scores_and_hears_its_alert() {
-    let server = TestServer::start();
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/anomaly_detection.py");
-    let out = Command::new(python())
-        .arg(example)
-        .env("GANNET_HTTP", server.url(""))
-        .env("GANNET_PG", server.pg.to_string())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_example("anomaly_detection.py");
     assert!(
         stdout.starts_with("uploaded cpu_iforest -> 201\nwrote 180 points\n"),
         "{stdout}"

@@ -17,7 +17,9 @@ pub struct ServeArgs {
     /// Address of the HTTP listener (line-protocol writes, queries, /metrics).
     #[arg(long, env = "GANNET_HTTP_ADDR", default_value = "127.0.0.1:8181")]
     pub http_addr: SocketAddr,
-    /// Directory of ONNX models [default: <data-dir>/models].
+    /// Directory of ONNX models: `<name>.onnx` files, callable as onnx_predict('<name>', ...),
+    /// picked up while running. ONNX Runtime is loaded from .venv/onnxruntime/ (see
+    /// scripts/install-onnxruntime) or ORT_DYLIB_PATH [default: <data-dir>/models].
     #[arg(long, env = "GANNET_MODELS_DIR")]
     pub models_dir: Option<PathBuf>,
     /// Largest HTTP request body in bytes, before and after gzip decompression.

@@ -786,6 +786,16 @@ impl Engine {
         self.buffer.read().expect("buffer lock").last_seq()
     }
 
+    /// Every scoring rule, with its database (a copy of just the rules, not the catalog).
+    pub fn scoring_rules(&self) -> Vec<(String, ScoringRule)> {
+        let catalog = self.catalog.read().expect("catalog lock");
+        catalog
+            .databases
+            .iter()
+            .flat_map(|(db, d)| d.scoring_rules.values().map(|r| (db.clone(), r.clone())))
+            .collect()
+    }
+
     /// Adds a scoring rule to database `db` (creating the database if needed): writes
     /// acknowledged from now on will be scored. Returns false, changing nothing, if the
     /// database has a rule of that name.

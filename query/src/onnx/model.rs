@@ -148,10 +148,6 @@ pub struct Model {
     pub outputs: Vec<Output>,
     pub(crate) stamp: FileStamp,
     pub(crate) stats: Arc<Stats>,
-    /// The model file as loaded: more sessions are made from these bytes, not from the file,
-    /// which may have been replaced since.
-    bytes: Vec<u8>,
-    environment: &'static Environment,
     sessions: SessionPool,
     /// How long ONNX Runtime took to make a session of this model.
     pub load_time: Duration,
@@ -164,32 +160,24 @@ pub struct Model {
 /// and would compete with DataFusion's).
 #[derive(Debug)]
 struct SessionPool {
-    /// Idle sessions, and how many there are in all.
-    idle: Mutex<(Vec<Session>, usize)>,
+    /// Idle sessions.
+    idle: Mutex<Vec<Session>>,
     returned: Condvar,
-    most: usize,
 }
 
 impl SessionPool {
-    fn take(&self, model: &Model) -> Result<Session, String> {
+    fn take(&self) -> Session {
         let mut idle = self.idle.lock().expect("session pool lock");
         loop {
-            if let Some(session) = idle.0.pop() {
-                return Ok(session);
-            }
-            if idle.1 < self.most {
-                idle.1 += 1;
-                drop(idle);
-                return new_session(model.environment, &model.bytes).inspect_err(|_| {
-                    self.idle.lock().expect("session pool lock").1 -= 1;
-                });
+            if let Some(session) = idle.pop() {
+                return session;
             }
             idle = self.returned.wait(idle).expect("session pool lock");
         }
     }
 
     fn put(&self, session: Session) {
-        self.idle.lock().expect("session pool lock").0.push(session);
+        self.idle.lock().expect("session pool lock").push(session);
         self.returned.notify_one();
     }
 }
@@ -221,7 +209,7 @@ impl Model {
         // to prepare one (a tree ensemble), which a query should not wait for later.
         let started = Instant::now();
         let most = sessions.max(1);
-        let mut made: Vec<Session> = if most == 1 {
+        let made: Vec<Session> = if most == 1 {
             vec![new_session(environment, &bytes)?]
         } else {
             std::thread::scope(|scope| {
@@ -238,7 +226,7 @@ impl Model {
             })?
         };
         let load_time = started.elapsed();
-        let session = made.pop().expect("at least one session");
+        let session = made.last().expect("at least one session");
         let inputs = session
             .inputs()
             .iter()
@@ -268,18 +256,9 @@ impl Model {
             outputs,
             stamp,
             stats,
-            bytes,
-            environment,
             sessions: SessionPool {
-                idle: Mutex::new((
-                    {
-                        made.push(session);
-                        made
-                    },
-                    most,
-                )),
+                idle: Mutex::new(made),
                 returned: Condvar::new(),
-                most,
             },
             load_time,
         })
@@ -453,7 +432,7 @@ impl Model {
             .map_err(|e| fail(&e))?
             .with_outputs(OutputSelector::no_default().with(&wanted.name));
         let result = run_blocking(|| {
-            let mut session = self.sessions.take(self).map_err(|e| fail(&e))?;
+            let mut session = self.sessions.take();
             let scored = session
                 .run_with_options(tensors, &options)
                 .map_err(|e| fail(&e))

@@ -300,11 +300,12 @@ impl Worker {
     fn refresh_rules(&mut self) -> bool {
         let mut added = false;
         let engine = self.query.engine();
-        let catalog = engine.catalog();
+        // Runs every round: copies the rules only, not the whole catalog.
         let mut watched: HashMap<String, HashSet<String>> = HashMap::new();
         let mut rules = Vec::new();
-        for (db, database) in &catalog.databases {
-            for rule in database.scoring_rules.values() {
+        for (db, rule) in engine.scoring_rules() {
+            let (db, rule) = (&db, &rule);
+            {
                 watched
                     .entry(db.clone())
                     .or_default()

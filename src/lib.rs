@@ -34,6 +34,7 @@ pub use gannet_storage::{EngineConfig, LineError, Precision, TableSnapshot, Writ
 
 use arrow::record_batch::RecordBatch;
 
+pub mod auth;
 pub mod server;
 use gannet_storage::Engine;
 

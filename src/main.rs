@@ -23,6 +23,10 @@ enum Command {
     Import(cli::import::ImportArgs),
     /// Run one SQL query against a data directory and print the result.
     Sql(cli::sql::SqlArgs),
+    /// Manage Postgres users (SCRAM-SHA-256 passwords).
+    User(cli::auth::UserArgs),
+    /// Manage HTTP API tokens (read, write or admin).
+    Token(cli::auth::TokenArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,5 +41,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => cli::serve::run(args),
         Command::Import(args) => cli::import::run(args),
         Command::Sql(args) => cli::sql::run(args),
+        Command::User(args) => cli::auth::run_user(args),
+        Command::Token(args) => cli::auth::run_token(args),
     }
 }

@@ -15,5 +15,6 @@ mod onnx;
 mod parquet_readers;
 mod pg_wire;
 mod scoring;
+mod security;
 mod serve;
 mod sql_cli;

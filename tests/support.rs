@@ -96,12 +96,14 @@ impl TestServer {
                     log.lock().unwrap().as_str()
                 );
             };
-            if let Some(addr) = line.split("HTTP API listening on http://").nth(1) {
-                http = Some(addr.trim().parse().unwrap());
-            }
-            if let Some(addr) = line.split("Postgres wire protocol listening on ").nth(1) {
-                pg = Some(addr.trim().parse().unwrap());
-            }
+            // "... on http://ADDR" or "... on https://ADDR"; "... on ADDR" or "ADDR (TLS)".
+            let addr = |marker: &str| {
+                let rest = line.split(marker).nth(1)?;
+                let rest = rest.rsplit("://").next()?;
+                rest.split_whitespace().next()?.parse().ok()
+            };
+            http = http.or_else(|| addr("HTTP API listening on "));
+            pg = pg.or_else(|| addr("Postgres wire protocol listening on "));
         }
         TestServer {
             child: Some(child),

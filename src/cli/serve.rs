@@ -4,9 +4,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
+use gannet::server::tls::TlsFiles;
 use gannet::server::{Server, ServerConfig};
 
 #[derive(Debug, Parser)]
+#[command(args_override_self = true)]
 pub struct ServeArgs {
     /// Data directory: write-ahead log, Parquet segments and catalog. Created if missing.
     #[arg(long, env = "GANNET_DATA_DIR", default_value = "./gannet-data")]
@@ -29,7 +31,22 @@ pub struct ServeArgs {
     /// ONNX Runtime session [default: one per core].
     #[arg(long, env = "GANNET_ONNX_THREADS")]
     pub onnx_threads: Option<usize>,
-    /// Allow listening on a non-loopback address without authentication.
+    /// Postgres users and HTTP API tokens, managed with `gannet user` and `gannet token`
+    /// (or CREATE USER in SQL). Once a user exists, Postgres clients must log in with a
+    /// password (SCRAM-SHA-256); once a token exists, HTTP requests must send one. Changes
+    /// apply without a restart [default: <data-dir>/auth.json].
+    #[arg(long, env = "GANNET_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+    /// Certificate chain (PEM) to serve TLS with on both listeners: Postgres clients may
+    /// then use sslmode=require or verify-full, and HTTP is served as https.
+    #[arg(long, env = "GANNET_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "GANNET_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Allow listening on a non-loopback address with no user (Postgres) or no token
+    /// (HTTP) configured, letting anyone who can reach it in. Without it, Gannet refuses to
+    /// start that way.
     #[arg(long)]
     pub insecure_no_auth: bool,
 }
@@ -43,6 +60,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.max_body_bytes = args.max_body_bytes;
     config.insecure_no_auth = args.insecure_no_auth;
+    if let Some(auth_file) = args.auth_file {
+        config.auth_file = auth_file;
+    }
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.tls = Some(TlsFiles { cert, key });
+    }
     if let Some(threads) = args.onnx_threads {
         config.onnx_threads = threads.max(1);
     }

@@ -9,8 +9,9 @@ use std::time::Instant;
 use arrow::record_batch::RecordBatch;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use gannet_query::{QueryEngine, QueryError};
@@ -19,6 +20,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::metrics::Metrics;
+use crate::auth::{AuthStore, Scope};
 
 /// What the HTTP handlers share.
 #[derive(Debug)]
@@ -28,6 +30,101 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// The largest request body accepted, compressed or not (413 beyond it).
     pub max_body_bytes: usize,
+    pub auth: HttpAuth,
+}
+
+/// Who may use the HTTP API: holders of tokens, once any token exists (or always, off
+/// loopback).
+#[derive(Debug)]
+pub struct HttpAuth {
+    store: Arc<AuthStore>,
+    always: bool,
+}
+
+impl HttpAuth {
+    pub fn new(store: Arc<AuthStore>, always: bool) -> HttpAuth {
+        HttpAuth { store, always }
+    }
+}
+
+/// What a request needs its token to allow; `None` for liveness checks, open to all.
+fn needed_scope(method: &Method, path: &str) -> Option<Scope> {
+    match path {
+        "/health" | "/ping" => None,
+        "/api/v3/write_lp" | "/api/v2/write" | "/write" => Some(Scope::Write),
+        _ if path.starts_with("/api/v1/models") && method != Method::GET => Some(Scope::Admin),
+        _ => Some(Scope::Read),
+    }
+}
+
+/// The token a request presents: `Authorization: Bearer T` or `Token T` (InfluxDB 2 and 3
+/// clients), `Basic` with the token as the password, or InfluxDB 1's `p=T` parameter.
+fn presented_token(request: &Request) -> Option<String> {
+    if let Some(value) = request.headers().get(header::AUTHORIZATION) {
+        let value = value.to_str().ok()?.trim();
+        let (scheme, credentials) = value.split_once(' ')?;
+        let credentials = credentials.trim();
+        return match scheme.to_ascii_lowercase().as_str() {
+            "bearer" | "token" => Some(credentials.to_owned()),
+            "basic" => {
+                use base64::Engine as _;
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(credentials)
+                    .ok()?;
+                let decoded = String::from_utf8(decoded).ok()?;
+                let (_user, password) = decoded.split_once(':')?;
+                Some(password.to_owned())
+            }
+            _ => None,
+        };
+    }
+    let params =
+        Query::<std::collections::HashMap<String, String>>::try_from_uri(request.uri()).ok()?;
+    params.0.get("p").cloned()
+}
+
+/// Refuses a request without a token (401) or whose token does not allow it (403).
+async fn authorize(State(state): State<Arc<HttpState>>, request: Request, next: Next) -> Response {
+    let Some(needed) = needed_scope(request.method(), request.uri().path()) else {
+        return next.run(request).await;
+    };
+    let auth = &state.auth;
+    let users = auth.store.current();
+    if !auth.always && users.tokens.is_empty() {
+        return next.run(request).await;
+    }
+    let refused = |status: StatusCode, message: &str| {
+        state.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+        let mut response = ApiError {
+            status,
+            message: message.to_owned(),
+        }
+        .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"gannet\""),
+            );
+        }
+        response
+    };
+    let Some(presented) = presented_token(&request) else {
+        return refused(
+            StatusCode::UNAUTHORIZED,
+            "authentication required: send an API token as 'Authorization: Bearer <token>'",
+        );
+    };
+    match users.token(&presented) {
+        None => refused(StatusCode::UNAUTHORIZED, "invalid token"),
+        Some(token) if !token.scope.allows(needed) => refused(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "token \"{}\" is {} only; this needs a {needed} token",
+                token.name, token.scope
+            ),
+        ),
+        Some(_) => next.run(request).await,
+    }
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {
@@ -42,6 +139,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/metrics", get(metrics))
         .merge(super::models::routes())
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
 }
 

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub write_errors: AtomicU64,
     queries: Histogram,
     pub query_errors: AtomicU64,
+    pub auth_failures: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -96,6 +97,11 @@ impl Metrics {
                 "gannet_query_errors_total",
                 "Queries over HTTP that failed.",
                 get(&self.query_errors),
+            ),
+            (
+                "gannet_http_auth_failures_total",
+                "HTTP requests refused for a missing, unknown or insufficient token.",
+                get(&self.auth_failures),
             ),
         ];
         for (name, help, value) in counters {

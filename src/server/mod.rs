@@ -17,6 +17,9 @@ use gannet_query::QueryEngine;
 use gannet_query::onnx::{ModelRegistry, OnnxConfig};
 use gannet_query::scoring::Scorer;
 use gannet_storage::{Engine, EngineConfig};
+
+use crate::auth::AuthStore;
+use pgwire::tokio::TlsAcceptor;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -25,6 +28,7 @@ pub mod http;
 pub mod metrics;
 pub mod models;
 pub mod pg;
+pub mod tls;
 
 /// How the server is set up: where its data lives and where it listens.
 #[derive(Debug, Clone)]
@@ -35,6 +39,10 @@ pub struct ServerConfig {
     pub models_dir: PathBuf,
     /// The largest HTTP request body, compressed or decompressed.
     pub max_body_bytes: usize,
+    /// Postgres users and HTTP tokens (default `<data-dir>/auth.json`).
+    pub auth_file: PathBuf,
+    /// Serve TLS on both listeners with this certificate chain and key (PEM files).
+    pub tls: Option<tls::TlsFiles>,
     /// Listen on a non-loopback address without authentication.
     pub insecure_no_auth: bool,
     /// How many batches of one ONNX model may be scored at once.
@@ -45,13 +53,15 @@ impl ServerConfig {
     /// The embedded defaults for a data directory: Postgres on 127.0.0.1:5433, HTTP on
     /// 127.0.0.1:8181, models in `<data-dir>/models`, 10 MiB bodies.
     pub fn new(data_dir: impl Into<PathBuf>) -> ServerConfig {
-        let data_dir = data_dir.into();
+        let data_dir: PathBuf = data_dir.into();
         ServerConfig {
             models_dir: data_dir.join("models"),
+            auth_file: data_dir.join("auth.json"),
             data_dir,
             pg_addr: SocketAddr::from(([127, 0, 0, 1], 5433)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8181)),
             max_body_bytes: 10 * 1024 * 1024,
+            tls: None,
             insecure_no_auth: false,
             onnx_threads: gannet_query::onnx::default_threads(),
         }
@@ -74,19 +84,34 @@ impl Server {
     /// use, an address cannot be bound, or a non-loopback address would serve without
     /// authentication.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
-        for (addr, what) in [
-            (config.pg_addr, "--pg-addr"),
-            (config.http_addr, "--http-addr"),
-        ] {
-            if !addr.ip().is_loopback() && !config.insecure_no_auth {
-                bail!(
-                    "refusing to listen on {addr} ({what}): it is not a loopback address and \
-                     Gannet has no authentication configured, so anyone who can reach it could \
-                     read and write all data. Listen on 127.0.0.1, or pass --insecure-no-auth \
-                     if the network is trusted."
-                );
-            }
+        let auth = Arc::new(AuthStore::open(&config.auth_file)?);
+        let users = auth.current();
+        // Off loopback, authentication stays on even if the last user or token goes.
+        let pg_exposed = !config.pg_addr.ip().is_loopback() && !config.insecure_no_auth;
+        let http_exposed = !config.http_addr.ip().is_loopback() && !config.insecure_no_auth;
+        if pg_exposed && users.users.is_empty() {
+            bail!(
+                "refusing to listen on {} (--pg-addr): it is not a loopback address and no \
+                 Postgres user is configured, so anyone who can reach it could read and write \
+                 all data. Add one with `gannet user add NAME --superuser`, listen on \
+                 127.0.0.1, or pass --insecure-no-auth if the network is trusted.",
+                config.pg_addr
+            );
         }
+        if http_exposed && users.tokens.is_empty() {
+            bail!(
+                "refusing to listen on {} (--http-addr): it is not a loopback address and no \
+                 API token is configured, so anyone who can reach it could read and write all \
+                 data. Create one with `gannet token create NAME --scope admin`, listen on \
+                 127.0.0.1, or pass --insecure-no-auth if the network is trusted.",
+                config.http_addr
+            );
+        }
+        let tls = config
+            .tls
+            .as_ref()
+            .map(tls::TlsFiles::acceptor)
+            .transpose()?;
         let pg_listener = TcpListener::bind(config.pg_addr)
             .await
             .with_context(|| format!("cannot listen on {} (--pg-addr)", config.pg_addr))?;
@@ -117,29 +142,33 @@ impl Server {
             query: query.clone(),
             metrics: Arc::new(metrics::Metrics::default()),
             max_body_bytes: config.max_body_bytes,
+            auth: http::HttpAuth::new(auth.clone(), http_exposed),
         });
         let app = http::router(state);
-        let mut http_stop = stopped.clone();
-        tasks.spawn(async move {
-            let shutdown = async move { until_stopped(&mut http_stop).await };
-            if let Err(e) = axum::serve(http_listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        });
-        tracing::info!("HTTP API listening on http://{http_addr}");
+        match &tls {
+            Some(tls) => tasks.spawn(serve_http(
+                tls::TlsListener::new(http_listener, tls.clone())?,
+                app,
+                stopped.clone(),
+            )),
+            None => tasks.spawn(serve_http(http_listener, app, stopped.clone())),
+        };
 
-        let handlers = Arc::new(pg::PgHandlers::new(query.clone()));
+        let pg_auth = Arc::new(pg::auth::PgAuth::new(auth, pg_exposed));
+        let handlers = Arc::new(pg::PgHandlers::new(query.clone(), pg_auth));
         tasks.spawn(
             handlers
                 .notifications
                 .clone()
                 .forward_alerts(query.scoring().clone(), stopped.clone()),
         );
-        tasks.spawn(serve_pg(pg_listener, handlers, stopped));
-        tracing::info!("Postgres wire protocol listening on {pg_addr}");
+        tasks.spawn(serve_pg(pg_listener, handlers, tls.clone(), stopped));
+        let (pg_tls, scheme) = match tls {
+            Some(_) => (" (TLS)", "https"),
+            None => ("", "http"),
+        };
+        tracing::info!("HTTP API listening on {scheme}://{http_addr}");
+        tracing::info!("Postgres wire protocol listening on {pg_addr}{pg_tls}");
 
         Ok(Server {
             engine,
@@ -195,10 +224,26 @@ impl Server {
     }
 }
 
+/// Serves HTTP until told to stop, then lets the requests in flight finish.
+async fn serve_http<L>(listener: L, app: axum::Router, mut stop: watch::Receiver<bool>)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let shutdown = async move { until_stopped(&mut stop).await };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "HTTP server failed");
+    }
+}
+
 /// Accepts Postgres connections until told to stop, then drops the open ones.
 async fn serve_pg(
     listener: TcpListener,
     handlers: Arc<pg::PgHandlers>,
+    tls: Option<TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
@@ -207,9 +252,9 @@ async fn serve_pg(
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
                     let _ = socket.set_nodelay(true);
-                    let handlers = handlers.clone();
+                    let (handlers, tls) = (handlers.clone(), tls.clone());
                     connections.spawn(async move {
-                        if let Err(e) = pg::notify::serve_connection(socket, handlers).await {
+                        if let Err(e) = pg::notify::serve_connection(socket, handlers, tls).await {
                             tracing::debug!(%peer, error = %e, "Postgres connection ended with an error");
                         }
                     });

@@ -24,7 +24,6 @@ use datafusion_postgres::hooks::transactions::TransactionStatementHook;
 use datafusion_postgres::{DfSessionService, Parser, QueryHook};
 use futures::Sink;
 use gannet_query::QueryEngine;
-use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
@@ -36,12 +35,14 @@ use pgwire::api::{
     PgWireServerHandlers, Type,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
-use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use pgwire::messages::PgWireBackendMessage;
 
+pub mod auth;
 mod cancel;
 mod compat;
 pub mod notify;
 
+use auth::{PgAuth, UserStatement};
 use cancel::{Canceller, Running};
 use compat::{GannetStatementsHook, register_functions, rewrite_grafana_search_path};
 
@@ -59,14 +60,16 @@ type Statement = (String, Option<(sqlparser::ast::Statement, LogicalPlan)>);
 #[derive(Debug)]
 pub struct PgHandlers {
     query: Arc<QueryRouter>,
-    startup: Arc<Startup>,
+    sessions: Arc<Sessions>,
+    connections: Arc<ConnectionManager>,
+    auth: Arc<PgAuth>,
     cancel: Arc<Canceller>,
     /// `NOTIFY`s and alerts, for the connections that `LISTEN`.
     pub notifications: notify::Notifications,
 }
 
 impl PgHandlers {
-    pub fn new(query: QueryEngine) -> PgHandlers {
+    pub fn new(query: QueryEngine, auth: Arc<PgAuth>) -> PgHandlers {
         let notifications = notify::Notifications::default();
         let sessions = Arc::new(Sessions {
             query,
@@ -82,11 +85,11 @@ impl PgHandlers {
                 }),
                 sessions: sessions.clone(),
                 running: running.clone(),
+                auth: auth.clone(),
             }),
-            startup: Arc::new(Startup {
-                sessions,
-                connections: connections.clone(),
-            }),
+            sessions,
+            connections: connections.clone(),
+            auth,
             cancel: Arc::new(Canceller {
                 planning: DefaultCancelHandler::new(connections),
                 running,
@@ -105,8 +108,14 @@ impl PgWireServerHandlers for PgHandlers {
         self.query.clone()
     }
 
+    /// A new one for each connection: it holds the connection's authentication state.
     fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
-        self.startup.clone()
+        Arc::new(auth::Startup {
+            sessions: self.sessions.clone(),
+            connections: self.connections.clone(),
+            auth: self.auth.clone(),
+            sasl: tokio::sync::Mutex::new(pgwire::api::auth::sasl::SASLState::Initial),
+        })
     }
 
     fn error_handler(&self) -> Arc<impl ErrorHandler> {
@@ -188,45 +197,13 @@ fn user_error(severity: &str, code: &str, message: String) -> PgWireError {
     )))
 }
 
-/// Accepts any user (trust authentication; see the hardening issue for passwords) and
-/// refuses a database that does not exist with 3D000, as PostgreSQL does.
-#[derive(Debug)]
-struct Startup {
-    sessions: Arc<Sessions>,
-    connections: Arc<ConnectionManager>,
-}
-
-#[async_trait]
-impl NoopStartupHandler for Startup {
-    fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
-        Some(self.connections.clone())
-    }
-
-    async fn post_startup<C>(
-        &self,
-        client: &mut C,
-        _message: PgWireFrontendMessage,
-    ) -> PgWireResult<()>
-    where
-        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
-        C::Error: Debug,
-        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
-    {
-        let db = database_of(client);
-        if self.sessions.exists(db) {
-            Ok(())
-        } else {
-            Err(unknown_database(db, "FATAL"))
-        }
-    }
-}
-
 /// Sends each query to its connection's database, and makes its results cancellable.
 #[derive(Debug)]
 struct QueryRouter {
     sessions: Arc<Sessions>,
     parser: Arc<RoutingParser>,
     running: Arc<Running>,
+    auth: Arc<PgAuth>,
 }
 
 #[async_trait]
@@ -239,6 +216,9 @@ impl SimpleQueryHandler for QueryRouter {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         if let Some(response) = self.scoring_statement(client, query).await {
+            return Ok(vec![response?]);
+        }
+        if let Some(response) = self.user_statement(client, query) {
             return Ok(vec![response?]);
         }
         let service = self.sessions.service(client)?;
@@ -257,6 +237,40 @@ impl SimpleQueryHandler for QueryRouter {
 }
 
 impl QueryRouter {
+    /// Carries out `sql` if it creates, changes or drops a user. Logged without the
+    /// password.
+    fn user_statement(
+        &self,
+        client: &(impl ClientInfo + ?Sized),
+        sql: &str,
+    ) -> Option<PgWireResult<Response>> {
+        let statement = UserStatement::parse(sql)?;
+        let db = database_of(client);
+        let result = match statement {
+            Err(message) => {
+                let logged = self
+                    .sessions
+                    .query
+                    .log()
+                    .start(db, "CREATE/ALTER/DROP USER ...");
+                logged.finish(Err(message.clone()));
+                Err(user_error("ERROR", "42601", message))
+            }
+            Ok(statement) => {
+                let logged = self.sessions.query.log().start(db, &statement.redacted());
+                let result = statement
+                    .execute(&self.auth, client)
+                    .map(|tag| Response::Execution(Tag::new(tag)));
+                logged.finish(match &result {
+                    Ok(_) => Ok(0),
+                    Err(e) => Err(e.to_string()),
+                });
+                result
+            }
+        };
+        Some(result)
+    }
+
     /// Carries out `sql` if it is a scoring-rule statement (which DataFusion's parser does
     /// not know).
     async fn scoring_statement(
@@ -327,6 +341,9 @@ impl ExtendedQueryHandler for QueryRouter {
         {
             return response;
         }
+        if let Some(response) = self.user_statement(client, &portal.statement.statement.0) {
+            return response;
+        }
         let service = self.sessions.service(client)?;
         let logged = self
             .sessions
@@ -362,7 +379,9 @@ impl QueryParser for RoutingParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        if gannet_query::scoring::statement::parse(sql).is_some() {
+        if gannet_query::scoring::statement::parse(sql).is_some()
+            || UserStatement::parse(sql).is_some()
+        {
             // Carried out when executed (QueryRouter::scoring_statement).
             return Ok(Some((sql.to_owned(), None)));
         }

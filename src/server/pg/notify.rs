@@ -14,6 +14,7 @@ use gannet_query::scoring::ScoringState;
 use pgwire::api::{ClientInfo, ErrorHandler, PgWireConnectionState, PgWireServerHandlers};
 use pgwire::messages::response::NotificationResponse;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use pgwire::tokio::TlsAcceptor;
 use pgwire::tokio::server::{negotiate_tls, process_error, process_message};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, watch};
@@ -121,7 +122,11 @@ pub fn unlisten(client: &mut (impl ClientInfo + ?Sized), channel: &str) {
 
 /// Serves one Postgres connection: pgwire's handling of each message, and notifications for
 /// the channels it listens on while it waits for the next one.
-pub async fn serve_connection(tcp: TcpStream, handlers: Arc<PgHandlers>) -> std::io::Result<()> {
+pub async fn serve_connection(
+    tcp: TcpStream,
+    handlers: Arc<PgHandlers>,
+    tls: Option<TlsAcceptor>,
+) -> std::io::Result<()> {
     let startup = handlers.startup_handler();
     let simple = handlers.simple_query_handler();
     let extended = handlers.extended_query_handler();
@@ -133,7 +138,7 @@ pub async fn serve_connection(tcp: TcpStream, handlers: Arc<PgHandlers>) -> std:
     tokio::pin!(deadline);
     let socket = tokio::select! {
         _ = &mut deadline => return Ok(()),
-        socket = negotiate_tls(tcp, None) => socket?,
+        socket = negotiate_tls(tcp, tls) => socket?,
     };
     let Some(mut socket) = socket else {
         return Ok(());

@@ -41,8 +41,9 @@ pub struct AuthStore {
     writing: Mutex<()>,
 }
 
-/// Length, modification time and inode: a rename over the file changes the inode.
-type Stamp = (u64, Option<SystemTime>, u64);
+/// Length, modification time, inode and change time (in nanoseconds): a rename over the
+/// file changes the inode and the change time, whatever the clock's resolution.
+type Stamp = (u64, Option<SystemTime>, u64, i128);
 
 /// The contents of the auth file.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -168,7 +169,7 @@ impl AuthStore {
 
     fn try_current(&self) -> Result<Arc<AuthFile>, AuthError> {
         let stamp = match fs::metadata(&self.path) {
-            Ok(meta) => Some((meta.len(), meta.modified().ok(), inode(&meta))),
+            Ok(meta) => Some((meta.len(), meta.modified().ok(), inode(&meta), ctime(&meta))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(source) => {
                 return Err(AuthError::Read {
@@ -180,6 +181,14 @@ impl AuthStore {
         let mut cache = self.cache.lock().expect("auth cache");
         if cache.0 == stamp && stamp.is_some() {
             return Ok(cache.1.clone());
+        }
+        // A file that was there and is gone (deleted, or an editor replacing it) must not
+        // turn authentication off: keep what it said.
+        if stamp.is_none() && (cache.0.is_some() || !cache.1.is_empty()) {
+            return Err(AuthError::Read {
+                path: self.path.clone(),
+                source: io::Error::new(io::ErrorKind::NotFound, "the file disappeared"),
+            });
         }
         let file = Arc::new(self.read()?);
         *cache = (stamp, file.clone());
@@ -200,19 +209,24 @@ impl AuthStore {
         }
     }
 
-    /// Reads the file, applies `change` and writes the result back atomically.
+    /// Reads the file, applies `change` and writes the result back atomically. Changes are
+    /// serialised across processes (the server and `gannet user`) by a lock on
+    /// `<file>.lock`, so that none undoes another.
     fn update<T>(
         &self,
         change: impl FnOnce(&mut AuthFile) -> Result<T, AuthError>,
     ) -> Result<T, AuthError> {
         let _writing = self.writing.lock().expect("auth writer");
+        let write_error = |source| AuthError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let lock = lock_file(&self.path).map_err(write_error)?;
+        lock.lock().map_err(write_error)?;
         let mut file = self.read()?;
         let result = change(&mut file)?;
         let bytes = serde_json::to_vec_pretty(&file).expect("auth file serialises");
-        write_private(&self.path, &bytes).map_err(|source| AuthError::Write {
-            path: self.path.clone(),
-            source,
-        })?;
+        write_private(&self.path, &bytes).map_err(write_error)?;
         *self.cache.lock().expect("auth cache") = (None, Arc::new(file));
         Ok(result)
     }
@@ -304,6 +318,10 @@ impl AuthStore {
 }
 
 impl AuthFile {
+    fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.tokens.is_empty()
+    }
+
     pub fn user(&self, name: &str) -> Option<&User> {
         self.users.iter().find(|u| u.name == name)
     }
@@ -384,29 +402,56 @@ fn inode(_meta: &fs::Metadata) -> u64 {
     0
 }
 
+#[cfg(unix)]
+fn ctime(meta: &fs::Metadata) -> i128 {
+    use std::os::unix::fs::MetadataExt;
+    i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec())
+}
+
+#[cfg(not(unix))]
+fn ctime(_meta: &fs::Metadata) -> i128 {
+    0
+}
+
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// Writes `bytes` to `path` readable by its owner only, so that a crash leaves either the
-/// old file or the new one.
-fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
+/// The directory the auth file lives in.
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
-    };
-    fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("json.tmp");
-    let mut options = OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    {
-        let mut file = options.open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
     }
-    fs::rename(&tmp, path)?;
+}
+
+/// The file whose lock serialises changes to `path`.
+fn lock_file(path: &Path) -> io::Result<fs::File> {
+    fs::create_dir_all(parent(path))?;
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(PathBuf::from(name))
+}
+
+/// Writes `bytes` to `path` readable by its owner only, so that a crash leaves either the
+/// old file or the new one: a fresh temporary file (created 0600, never a path an
+/// attacker could have prepared), fsync, rename, fsync of the directory.
+fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = parent(path);
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(fs::Permissions::from_mode(0o600))?;
+    }
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
     fs::File::open(dir)?.sync_all()
 }
 
@@ -474,6 +519,12 @@ mod tests {
         assert!(server.current().user("bob").is_some());
         fs::write(&path, b"{ not json").unwrap();
         assert!(server.current().user("bob").is_some());
+        fs::remove_file(&path).unwrap();
+        assert!(
+            server.current().user("bob").is_some(),
+            "a vanished file keeps its users in force"
+        );
+        fs::write(&path, b"{ not json").unwrap();
         assert!(matches!(
             AuthStore::open(&path),
             Err(AuthError::Parse { .. })

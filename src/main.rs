@@ -18,7 +18,7 @@ struct Args {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the Postgres wire protocol and the HTTP API on a data directory.
-    Serve(cli::serve::ServeArgs),
+    Serve(Box<cli::serve::ServeArgs>),
     /// Bulk-load line-protocol files (plain or .gz) into a database.
     Import(cli::import::ImportArgs),
     /// Run one SQL query against a data directory and print the result.
@@ -38,7 +38,7 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match Args::parse().command {
-        Command::Serve(args) => cli::serve::run(args),
+        Command::Serve(args) => cli::serve::run(*args),
         Command::Import(args) => cli::import::run(args),
         Command::Sql(args) => cli::sql::run(args),
         Command::User(args) => cli::auth::run_user(args),

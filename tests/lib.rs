@@ -11,6 +11,7 @@ mod duckdb_compare;
 mod examples;
 mod http_api;
 mod import;
+mod limits;
 mod onnx;
 mod parquet_readers;
 mod pg_wire;

@@ -184,6 +184,49 @@ with psycopg.connect(host=host, port=port, user="reader", password="r2", dbname=
         ["28P01", "7", "psycopg"]
     );
 
+    // A login that fails ends the connection: what the client sends after it is not run,
+    // even though the start-up named a superuser.
+    let script = r#"
+import sys, socket, struct
+host, port = sys.argv[1], int(sys.argv[2])
+def message(kind, body):
+    return kind + struct.pack("!I", len(body) + 4) + body
+s = socket.create_connection((host, port))
+params = b"user\0admin\0database\0postgres\0\0"
+s.sendall(struct.pack("!II", len(params) + 8, 196608) + params)
+s.recv(4096)  # AuthenticationSASL
+mechanism = b"NOT-A-MECHANISM\0" + struct.pack("!i", -1)
+s.sendall(message(b"p", mechanism))
+s.sendall(message(b"Q", b"CREATE USER evil WITH PASSWORD 'x' SUPERUSER\0"))
+s.settimeout(5)
+received = b""
+try:
+    while chunk := s.recv(4096):
+        received += chunk
+except OSError:
+    pass
+print("closed", b"CREATE ROLE" not in received)
+"#;
+    let out = run_python(
+        script,
+        &[&server.pg.ip().to_string(), &server.pg.port().to_string()],
+    );
+    assert_eq!(out.trim(), "closed True");
+    let (ok, out, err) = psql(&server, admin, Some("Adm1n pass"), "SELECT 1");
+    assert!(ok, "{out}{err}");
+    let users = std::fs::read_to_string(server.data_dir.path().join("auth.json")).unwrap();
+    assert!(!users.contains("evil"), "{users}");
+
+    // Only a superuser writes files on the server with COPY.
+    let target = server.data_dir.path().join("copied.csv");
+    let copy = format!("COPY (SELECT 1 AS one) TO '{}'", target.display());
+    let (ok, _, err) = psql(&server, "dbname=postgres user=reader", Some("r2"), &copy);
+    assert!(
+        !ok && err.contains("only a superuser may COPY to a file"),
+        "{err}"
+    );
+    assert!(!target.exists());
+
     // Users added with the command line apply to the running server at once.
     gannet(
         server.data_dir.path(),
@@ -250,6 +293,24 @@ fn http_tokens_are_checked_by_scope() {
         None,
     );
     assert_eq!(status, 403);
+    // A read token queries but does not write through SQL; an admin token may.
+    for sql in [
+        "INSERT INTO cpu (time, host, usage) VALUES (now(), 'sql', 9)",
+        "CREATE DATABASE other",
+        "COPY (SELECT 1) TO '/tmp/gannet-read-token.csv'",
+        "DELETE FROM cpu",
+    ] {
+        let path = format!(
+            "/api/v3/query_sql?db=m&q={}",
+            sql.replace(' ', "%20")
+                .replace('\'', "%27")
+                .replace(',', "%2C")
+        );
+        let (status, body) = server.curl("GET", &path, &[&bearer(&read)], None);
+        assert_eq!(status, 403, "{sql}: {}", String::from_utf8_lossy(&body));
+    }
+    assert!(!Path::new("/tmp/gannet-read-token.csv").exists());
+    assert_eq!(count(), "n\n1\n", "a read token wrote nothing");
     let model = b"not an onnx model";
     let (status, _) = server.curl("PUT", "/api/v1/models/x", &[&bearer(&read)], Some(model));
     assert_eq!(status, 403);
@@ -311,6 +372,10 @@ print("ok")
 "#;
     assert_eq!(run_python(script, &[&server.url(""), &write]).trim(), "ok");
     assert_eq!(count(), "n\n6\n");
+    let insert = "/api/v3/query_sql?db=m&q=INSERT%20INTO%20cpu%20(time%2C%20host%2C%20usage)%20VALUES%20(now()%2C%20%27sql%27%2C%209)";
+    let (status, body) = server.curl("GET", insert, &[&bearer(&admin)], None);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(count(), "n\n7\n");
     assert_eq!(
         server.curl("GET", "/metrics", &[&bearer(&read)], None).0,
         200

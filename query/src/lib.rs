@@ -25,7 +25,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use arrow::record_batch::RecordBatch;
+use datafusion::execution::context::SQLOptions;
 use datafusion::execution::context::{SessionConfig, SessionContext, SessionState};
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::sql::sqlparser::ast::Statement;
 use gannet_storage::Engine;
 
@@ -39,6 +41,15 @@ pub mod system;
 pub mod table;
 
 pub use datafusion;
+
+/// What a statement may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anything: queries, writes (INSERT, DELETE), DDL, scoring rules.
+    ReadWrite,
+    /// Queries only.
+    ReadOnly,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -63,6 +74,10 @@ pub struct QueryEngine {
     merged: Arc<table::MergedWindows>,
     models: Arc<onnx::ModelRegistry>,
     scoring: Arc<scoring::ScoringState>,
+    /// Shared by every session: its memory pool bounds what all running queries hold.
+    runtime: Arc<RuntimeEnv>,
+    /// Turns to run a query: at most this many run at once, the others wait.
+    turns: Arc<tokio::sync::Semaphore>,
 }
 
 impl QueryEngine {
@@ -79,6 +94,7 @@ impl QueryEngine {
     pub fn with_models(engine: Arc<Engine>, models: Arc<onnx::ModelRegistry>) -> QueryEngine {
         // Merged windows may take a quarter of the write buffer's memory limit.
         let merged = Arc::new(table::MergedWindows::new(engine.config().memory_limit / 4));
+        let engine_memory_limit = engine.config().memory_limit;
         QueryEngine {
             engine,
             log: system::QueryLog::default(),
@@ -86,7 +102,34 @@ impl QueryEngine {
             merged,
             models,
             scoring: Arc::default(),
+            runtime: memory_limited(engine_memory_limit),
+            turns: Arc::new(tokio::sync::Semaphore::new(DEFAULT_CONCURRENT_QUERIES)),
         }
+    }
+
+    /// Lets at most `n` queries run at once; the others wait for a turn ([`QueryEngine::turn`]).
+    pub fn with_max_concurrent_queries(mut self, n: usize) -> QueryEngine {
+        self.turns = Arc::new(tokio::sync::Semaphore::new(n.max(1)));
+        self
+    }
+
+    /// Waits for a turn to run a query; the turn lasts until the permit is dropped.
+    pub async fn turn(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.turns
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
+    }
+
+    /// Bounds the memory all running queries may hold together (sorts, joins, aggregates;
+    /// what can spill to disk spills first). A query that needs more fails with SQLSTATE
+    /// 53200, naming the limit and the largest consumers. The default is the write buffer's
+    /// memory limit.
+    pub fn with_memory_limit(mut self, bytes: usize) -> QueryEngine {
+        self.runtime = memory_limited(bytes);
+        self.states.lock().expect("session states lock").clear();
+        self
     }
 
     /// Scoring rules' counts and alert feed.
@@ -97,7 +140,7 @@ impl QueryEngine {
     /// A session with Gannet's functions and models but no database: for SQL over batches
     /// registered in it.
     pub fn scratch_session(&self) -> SessionContext {
-        let ctx = SessionContext::new();
+        let ctx = SessionContext::new_with_config_rt(SessionConfig::new(), self.runtime.clone());
         functions::register(&ctx);
         onnx::udf::register(&ctx, &self.models);
         ctx
@@ -138,7 +181,7 @@ impl QueryEngine {
             .with_default_catalog_and_schema(db, catalog::TABLES_SCHEMA)
             .with_create_default_catalog_and_schema(false)
             .with_information_schema(true);
-        let ctx = SessionContext::new_with_config(config);
+        let ctx = SessionContext::new_with_config_rt(config, self.runtime.clone());
         let catalog = catalog::DatabaseCatalog::new(self.engine.clone(), db, self.merged.clone());
         let system = system::SystemSchema::new(
             self.engine.clone(),
@@ -160,8 +203,19 @@ impl QueryEngine {
 
     /// Runs one SQL statement in database `db` and collects its result.
     pub async fn sql(&self, db: &str, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
+        self.sql_with(db, sql, Access::ReadWrite).await
+    }
+
+    /// Runs one SQL statement in database `db` with `access`: a read-only statement may
+    /// query but not write, create, drop or copy to files (SQLSTATE 42501 otherwise).
+    pub async fn sql_with(
+        &self,
+        db: &str,
+        sql: &str,
+        access: Access,
+    ) -> Result<Vec<RecordBatch>, QueryError> {
         let running = self.log.start(db, sql);
-        let result = self.run(db, sql).await;
+        let result = self.run(db, sql, access).await;
         running.finish(match &result {
             Ok(batches) => Ok(batches.iter().map(|b| b.num_rows()).sum()),
             Err(e) => Err(e.to_string()),
@@ -169,20 +223,44 @@ impl QueryEngine {
         result
     }
 
-    async fn run(&self, db: &str, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
+    async fn run(
+        &self,
+        db: &str,
+        sql: &str,
+        access: Access,
+    ) -> Result<Vec<RecordBatch>, QueryError> {
+        let read_only = read_only_refused;
         if let Some(statement) = scoring::statement::parse(sql) {
+            if access == Access::ReadOnly {
+                return Err(read_only().into());
+            }
             let statement = statement.map_err(|e| error::SqlError::new("42601", e))?;
             self.execute_scoring(db, statement).await?;
             return Ok(Vec::new());
         }
         if let Some(statement) = single_sql_statement(sql)
-            && let Some(done) = self.execute_own(&statement)
+            && let Some(done) = self.execute_own_with(&statement, access)
         {
             done?;
             return Ok(Vec::new());
         }
         let ctx = self.session(db)?;
-        let frame = ctx.sql(sql).await?;
+        let _turn = self.turn().await;
+        let frame = match access {
+            Access::ReadWrite => ctx.sql(sql).await?,
+            Access::ReadOnly => {
+                let options = SQLOptions::new()
+                    .with_allow_ddl(false)
+                    .with_allow_dml(false)
+                    .with_allow_statements(false);
+                match ctx.sql_with_options(sql, options).await {
+                    Ok(frame) => frame,
+                    // Planning succeeded but the statement writes: not allowed here.
+                    Err(e) if is_refused_by_options(&e) => return Err(read_only().into()),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
         Ok(frame.collect().await?)
     }
 
@@ -190,6 +268,17 @@ impl QueryEngine {
     /// `CREATE DATABASE [IF NOT EXISTS] name`. Returns `None` for any other statement, and
     /// the command tag of one it carried out.
     pub fn execute_own(&self, statement: &Statement) -> Option<Result<&'static str, QueryError>> {
+        self.execute_own_with(statement, Access::ReadWrite)
+    }
+
+    fn execute_own_with(
+        &self,
+        statement: &Statement,
+        access: Access,
+    ) -> Option<Result<&'static str, QueryError>> {
+        if access == Access::ReadOnly && matches!(statement, Statement::CreateDatabase { .. }) {
+            return Some(Err(read_only_refused().into()));
+        }
         match statement {
             Statement::CreateDatabase {
                 db_name,
@@ -335,3 +424,35 @@ fn single_sql_statement(sql: &str) -> Option<Statement> {
 
 #[cfg(test)]
 mod tests;
+
+/// Queries running at once unless told otherwise.
+const DEFAULT_CONCURRENT_QUERIES: usize = 64;
+
+/// A runtime whose memory pool holds at most `bytes` (DataFusion's greedy pool, reporting
+/// its top consumers when a query runs out).
+fn memory_limited(bytes: usize) -> Arc<RuntimeEnv> {
+    RuntimeEnvBuilder::new()
+        .with_memory_limit(bytes, 1.0)
+        .build_arc()
+        .expect("a runtime with default disk and cache settings builds")
+}
+
+/// The error of a statement that would write on a read-only connection.
+fn read_only_refused() -> error::SqlError {
+    error::SqlError::new(
+        "42501",
+        "permission denied: this connection may only read (SELECT, EXPLAIN, SHOW)",
+    )
+}
+
+/// Whether DataFusion refused a statement for the [`SQLOptions`] of a read-only query.
+fn is_refused_by_options(e: &datafusion::error::DataFusionError) -> bool {
+    let message = e.to_string();
+    [
+        "DDL not supported",
+        "DML not supported",
+        "Statement not supported",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
+}

@@ -389,7 +389,7 @@ impl QueryLog {
             started_at: Instant::now(),
             started,
             database: database.to_owned(),
-            query: query.to_owned(),
+            query: redact_passwords(query),
         }
     }
 
@@ -449,5 +449,52 @@ impl RunningQuery {
             done.pop_front();
         }
         done.push_back(record);
+    }
+}
+
+/// `sql` as it may be kept in the query log: when it mentions a password, every string
+/// literal in it becomes `'***'`.
+pub fn redact_passwords(sql: &str) -> String {
+    if !sql.to_ascii_lowercase().contains("password") {
+        return sql.to_owned();
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut in_string = false;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (in_string, c) {
+            (false, '\'') => {
+                in_string = true;
+                out.push_str("'***");
+            }
+            // '' inside a literal is a quote, not its end.
+            (true, '\'') if chars.peek() == Some(&'\'') => {
+                chars.next();
+            }
+            (true, '\'') => {
+                in_string = false;
+                out.push('\'');
+            }
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_not_kept_in_the_query_log() {
+        use super::redact_passwords;
+        assert_eq!(
+            redact_passwords("ALTER USER a WITH PASSWORD 'it''s secret'; SELECT 'x'"),
+            "ALTER USER a WITH PASSWORD '***'; SELECT '***'"
+        );
+        assert_eq!(redact_passwords("SELECT 'x'"), "SELECT 'x'");
+        assert_eq!(
+            redact_passwords("create role r password 'unterminated"),
+            "create role r password '***"
+        );
     }
 }

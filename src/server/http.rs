@@ -9,12 +9,12 @@ use std::time::Instant;
 use arrow::record_batch::RecordBatch;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use gannet_query::{QueryEngine, QueryError};
+use gannet_query::{Access, QueryEngine, QueryError};
 use gannet_storage::{Engine, Precision, WriteOutcome};
 use serde::Deserialize;
 use serde_json::json;
@@ -123,7 +123,12 @@ async fn authorize(State(state): State<Arc<HttpState>>, request: Request, next: 
                 token.name, token.scope
             ),
         ),
-        Some(_) => next.run(request).await,
+        Some(token) => {
+            let scope = token.scope;
+            let mut request = request;
+            request.extensions_mut().insert(scope);
+            next.run(request).await
+        }
     }
 }
 
@@ -160,7 +165,15 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({ "error": self.message }))).into_response()
+        let mut response =
+            (self.status, axum::Json(json!({ "error": self.message }))).into_response();
+        // Unavailable for now (a full write buffer): clients back off and retry.
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
@@ -270,6 +283,19 @@ async fn write(
     Ok(rejected_lines(&outcome))
 }
 
+/// A rejected line as it is echoed back: its first kilobyte at most.
+fn shortened(line: &str) -> String {
+    const SHOWN: usize = 1024;
+    if line.len() <= SHOWN {
+        return line.to_owned();
+    }
+    let mut end = SHOWN;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &line[..end], line.len())
+}
+
 /// The 400 answer for a write with rejected lines, in InfluxDB 3's shape.
 fn rejected_lines(outcome: &WriteOutcome) -> Response {
     let message = if outcome.rows > 0 {
@@ -282,7 +308,7 @@ fn rejected_lines(outcome: &WriteOutcome) -> Response {
         .iter()
         .map(|e| {
             json!({
-                "original_line": e.original_line,
+                "original_line": shortened(&e.original_line),
                 "line_number": e.line_number,
                 "error_message": e.message,
             })
@@ -302,6 +328,7 @@ fn storage_error(e: gannet_storage::Error) -> ApiError {
             StatusCode::BAD_REQUEST
         }
         Error::Closed => StatusCode::SERVICE_UNAVAILABLE,
+        Error::BufferFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -352,14 +379,25 @@ struct QueryParams {
 
 async fn query_get(
     State(state): State<Arc<HttpState>>,
+    scope: Option<Extension<Scope>>,
     Query(params): Query<QueryParams>,
 ) -> Result<Response, ApiError> {
-    query(state, params).await
+    query(state, params, access(scope)).await
+}
+
+/// What a query may do: anything without authentication or with an admin token; only read
+/// with a read token.
+fn access(scope: Option<Extension<Scope>>) -> Access {
+    match scope {
+        Some(Extension(scope)) if scope != Scope::Admin => Access::ReadOnly,
+        _ => Access::ReadWrite,
+    }
 }
 
 /// POST takes its parameters from the query string or a JSON body (`{"db", "q", "format"}`).
 async fn query_post(
     State(state): State<Arc<HttpState>>,
+    scope: Option<Extension<Scope>>,
     Query(mut params): Query<QueryParams>,
     headers: HeaderMap,
     body: Bytes,
@@ -375,7 +413,7 @@ async fn query_post(
         params.q = params.q.or(from_body.q);
         params.format = params.format.or(from_body.format);
     }
-    query(state, params).await
+    query(state, params, access(scope)).await
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -414,17 +452,26 @@ impl Format {
     }
 }
 
-async fn query(state: Arc<HttpState>, params: QueryParams) -> Result<Response, ApiError> {
+/// A query; `access` is read-only for a read token (only admin tokens may write with SQL).
+async fn query(
+    state: Arc<HttpState>,
+    params: QueryParams,
+    access: Access,
+) -> Result<Response, ApiError> {
     let db = required(params.db, "db")?;
     let sql = required(params.q, "q")?;
     let format = Format::parse(params.format.as_deref())?;
     let started = Instant::now();
-    let result = state.query.sql(&db, &sql).await;
+    let result = state.query.sql_with(&db, &sql, access).await;
     state.metrics.query_done(started.elapsed(), result.is_ok());
     let batches = result.map_err(|e| match e {
         QueryError::UnknownDatabase(_) => ApiError {
             status: StatusCode::NOT_FOUND,
             message: e.to_string(),
+        },
+        QueryError::DataFusion(e) if gannet_query::error::sqlstate(&e) == "42501" => ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: gannet_query::error::message(&e),
         },
         QueryError::DataFusion(e) => ApiError::bad_request(gannet_query::error::message(&e)),
         QueryError::DatabaseExists(_) => ApiError {

@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 use gannet_query::QueryEngine;
 use gannet_query::onnx::{ModelRegistry, OnnxConfig};
 use gannet_query::scoring::Scorer;
-use gannet_storage::{Engine, EngineConfig};
+use gannet_storage::{Engine, EngineConfig, WriteLimits};
 
 use crate::auth::AuthStore;
 use pgwire::tokio::TlsAcceptor;
@@ -47,6 +47,20 @@ pub struct ServerConfig {
     pub insecure_no_auth: bool,
     /// How many batches of one ONNX model may be scored at once.
     pub onnx_threads: usize,
+    /// What one write may add (line length, string size, columns, tables).
+    pub write_limits: WriteLimits,
+    /// The write buffer's memory limit (default: a quarter of RAM, at most 8 GiB).
+    pub buffer_memory: Option<usize>,
+    /// How long a write waits for room in a full buffer before it gets 503.
+    pub max_write_wait: Duration,
+    /// Memory all running queries may hold together (default: the buffer's limit).
+    pub query_memory: Option<usize>,
+    /// The Postgres connections' initial `statement_timeout` (none: no limit).
+    pub statement_timeout: Option<Duration>,
+    /// Postgres connections open at once; more are refused with 53300.
+    pub max_connections: usize,
+    /// Queries running at once (Postgres and HTTP); more wait for a turn.
+    pub max_concurrent_queries: usize,
 }
 
 impl ServerConfig {
@@ -64,6 +78,13 @@ impl ServerConfig {
             tls: None,
             insecure_no_auth: false,
             onnx_threads: gannet_query::onnx::default_threads(),
+            write_limits: WriteLimits::default(),
+            buffer_memory: None,
+            max_write_wait: Duration::from_secs(2),
+            query_memory: None,
+            statement_timeout: None,
+            max_connections: 100,
+            max_concurrent_queries: default_concurrent_queries(),
         }
     }
 }
@@ -107,10 +128,15 @@ impl Server {
                 config.http_addr
             );
         }
-        let tls = config
+        let pg_tls = config
             .tls
             .as_ref()
-            .map(tls::TlsFiles::acceptor)
+            .map(|files| files.acceptor(b"postgresql"))
+            .transpose()?;
+        let http_tls = config
+            .tls
+            .as_ref()
+            .map(|files| files.acceptor(b"http/1.1"))
             .transpose()?;
         let pg_listener = TcpListener::bind(config.pg_addr)
             .await
@@ -121,7 +147,12 @@ impl Server {
         let pg_addr = pg_listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
 
-        let engine_config = EngineConfig::new(&config.data_dir);
+        let mut engine_config = EngineConfig::new(&config.data_dir);
+        engine_config.limits = config.write_limits;
+        engine_config.max_write_wait = Some(config.max_write_wait);
+        if let Some(bytes) = config.buffer_memory {
+            engine_config.memory_limit = bytes;
+        }
         let engine = tokio::task::spawn_blocking(move || Engine::open(engine_config))
             .await?
             .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?;
@@ -131,7 +162,11 @@ impl Server {
                 threads: config.onnx_threads,
             },
         ));
-        let query = QueryEngine::with_models(engine.clone(), models.clone());
+        let mut query = QueryEngine::with_models(engine.clone(), models.clone())
+            .with_max_concurrent_queries(config.max_concurrent_queries);
+        if let Some(bytes) = config.query_memory {
+            query = query.with_memory_limit(bytes);
+        }
         let scorer = Scorer::start(&query);
         let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -145,9 +180,9 @@ impl Server {
             auth: http::HttpAuth::new(auth.clone(), http_exposed),
         });
         let app = http::router(state);
-        match &tls {
+        match http_tls {
             Some(tls) => tasks.spawn(serve_http(
-                tls::TlsListener::new(http_listener, tls.clone())?,
+                tls::TlsListener::new(http_listener, tls)?,
                 app,
                 stopped.clone(),
             )),
@@ -155,20 +190,28 @@ impl Server {
         };
 
         let pg_auth = Arc::new(pg::auth::PgAuth::new(auth, pg_exposed));
-        let handlers = Arc::new(pg::PgHandlers::new(query.clone(), pg_auth));
+        let mut handlers = pg::PgHandlers::new(query.clone(), pg_auth);
+        handlers.statement_timeout = config.statement_timeout;
+        let handlers = Arc::new(handlers);
         tasks.spawn(
             handlers
                 .notifications
                 .clone()
                 .forward_alerts(query.scoring().clone(), stopped.clone()),
         );
-        tasks.spawn(serve_pg(pg_listener, handlers, tls.clone(), stopped));
-        let (pg_tls, scheme) = match tls {
+        let (pg_tls_note, scheme) = match &pg_tls {
             Some(_) => (" (TLS)", "https"),
             None => ("", "http"),
         };
+        tasks.spawn(serve_pg(
+            pg_listener,
+            handlers,
+            pg_tls,
+            config.max_connections,
+            stopped,
+        ));
         tracing::info!("HTTP API listening on {scheme}://{http_addr}");
-        tracing::info!("Postgres wire protocol listening on {pg_addr}{pg_tls}");
+        tracing::info!("Postgres wire protocol listening on {pg_addr}{pg_tls_note}");
 
         Ok(Server {
             engine,
@@ -224,6 +267,11 @@ impl Server {
     }
 }
 
+/// Four queries per core: enough to keep the cores busy while some wait on I/O or clients.
+fn default_concurrent_queries() -> usize {
+    4 * std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 /// Serves HTTP until told to stop, then lets the requests in flight finish.
 async fn serve_http<L>(listener: L, app: axum::Router, mut stop: watch::Receiver<bool>)
 where
@@ -244,12 +292,17 @@ async fn serve_pg(
     listener: TcpListener,
     handlers: Arc<pg::PgHandlers>,
     tls: Option<TlsAcceptor>,
+    max_connections: usize,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) if connections.len() >= max_connections => {
+                    tracing::warn!(%peer, max_connections, "refusing a Postgres connection: too many open");
+                    connections.spawn(pg::refuse(socket, max_connections));
+                }
                 Ok((socket, peer)) => {
                     let _ = socket.set_nodelay(true);
                     let (handlers, tls) = (handlers.clone(), tls.clone());

@@ -19,6 +19,10 @@ use tokio::task::JoinHandle;
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// TLS handshakes in progress at once; connections beyond are closed at once, so that a
+/// flood of clients that never finish cannot use up the server's file descriptors.
+const MAX_HANDSHAKES: usize = 256;
+
 /// The certificate chain and private key, PEM files.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
@@ -27,8 +31,9 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
-    /// Loads the files into an acceptor; errors name the file and what is wrong with it.
-    pub fn acceptor(&self) -> anyhow::Result<TlsAcceptor> {
+    /// Loads the files into an acceptor for the ALPN protocol `alpn` (`postgresql` for
+    /// PostgreSQL's direct TLS, `http/1.1`); errors name the file and what is wrong with it.
+    pub fn acceptor(&self, alpn: &[u8]) -> anyhow::Result<TlsAcceptor> {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
             .and_then(|certs| certs.collect())
             .with_context(|| format!("cannot read certificates from {}", self.cert.display()))?;
@@ -50,7 +55,7 @@ impl TlsFiles {
                     self.key.display()
                 )
             })?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![alpn.to_vec()];
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
 }
@@ -68,6 +73,7 @@ impl TlsListener {
     pub fn new(listener: TcpListener, tls: TlsAcceptor) -> std::io::Result<TlsListener> {
         let local_addr = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         let acceptor = tokio::spawn(async move {
             loop {
                 let (tcp, peer) = match listener.accept().await {
@@ -78,9 +84,14 @@ impl TlsListener {
                         continue;
                     }
                 };
+                let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, "too many TLS handshakes in progress; closing");
+                    continue;
+                };
                 let _ = tcp.set_nodelay(true);
                 let (tls, tx) = (tls.clone(), tx.clone());
                 tokio::spawn(async move {
+                    let _handshake = handshake;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
                         Ok(Ok(stream)) => {
                             let _ = tx.send((stream, peer)).await;

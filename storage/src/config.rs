@@ -28,6 +28,35 @@ pub struct EngineConfig {
     /// Run the background flusher. Tests turn it off to flush by hand.
     pub background_flush: bool,
     pub wal: WalConfig,
+    pub limits: WriteLimits,
+    /// How long a write waits for room in a full buffer before it fails with
+    /// [`crate::Error::BufferFull`]; `None` waits as long as it takes (the library's default).
+    pub max_write_wait: Option<Duration>,
+}
+
+/// What one write may add. A line beyond a limit is rejected with a message naming the
+/// limit; the other lines of its request are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteLimits {
+    /// The longest line of line protocol, in bytes.
+    pub max_line_bytes: usize,
+    /// The longest string field value, in bytes (InfluxDB's limit is 64 KiB too).
+    pub max_string_bytes: usize,
+    /// Columns of one table, `time`, tags and fields together.
+    pub max_columns_per_table: usize,
+    /// Tables of one database.
+    pub max_tables_per_database: usize,
+}
+
+impl Default for WriteLimits {
+    fn default() -> Self {
+        WriteLimits {
+            max_line_bytes: 256 << 10,
+            max_string_bytes: 64 << 10,
+            max_columns_per_table: 1000,
+            max_tables_per_database: 10_000,
+        }
+    }
 }
 
 impl EngineConfig {
@@ -43,6 +72,8 @@ impl EngineConfig {
             compact_max_bytes: 512 << 20,
             background_flush: true,
             wal: WalConfig::default(),
+            limits: WriteLimits::default(),
+            max_write_wait: None,
         }
     }
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -410,8 +410,15 @@ impl Engine {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        self.wait_for_space();
-        let write = validate(&self.catalog, db, parse_lines(body), precision, now_nanos())?;
+        self.wait_for_space()?;
+        let write = validate(
+            &self.catalog,
+            db,
+            parse_lines(body),
+            precision,
+            now_nanos(),
+            &self.config.limits,
+        )?;
         let rejected = !write.errors.is_empty() && !accept_partial;
         if write.tables.is_empty() || rejected {
             let outcome = WriteOutcome {
@@ -433,18 +440,25 @@ impl Engine {
         Ok((outcome, Some(entry)))
     }
 
-    /// Back-pressure: while the buffer is at its memory limit, wait for the flusher.
-    fn wait_for_space(&self) {
+    /// Back-pressure: while the buffer is at its memory limit, wait for the flusher, for
+    /// at most `max_write_wait`.
+    fn wait_for_space(&self) -> Result<()> {
         let limit = self.config.memory_limit;
         if self.buffer.read().expect("buffer lock").bytes() < limit {
-            return;
+            return Ok(());
         }
         self.kick_flusher();
+        let started = Instant::now();
         let (lock, cvar) = &*self.space;
         let mut guard = lock.lock().expect("space lock");
         while self.buffer.read().expect("buffer lock").bytes() >= limit
             && !self.closed.load(Ordering::Acquire)
         {
+            if let Some(max) = self.config.max_write_wait
+                && started.elapsed() >= max
+            {
+                return Err(Error::BufferFull { limit, waited: max });
+            }
             if !self.config.background_flush {
                 drop(guard);
                 if let Err(e) = self.flush_over_memory() {
@@ -458,6 +472,7 @@ impl Engine {
                 .expect("space lock")
                 .0;
         }
+        Ok(())
     }
 
     /// A consistent snapshot of a table, or `None` if it does not exist.

@@ -26,6 +26,14 @@ pub enum Error {
     NoSuchTable { db: String, table: String },
     #[error("the engine is shut down")]
     Closed,
+    #[error(
+        "the write buffer is full ({limit} bytes) and flushing to segments has not freed \
+         room for {waited:?}; retry later"
+    )]
+    BufferFull {
+        limit: usize,
+        waited: std::time::Duration,
+    },
 }
 
 impl From<WalError> for Error {

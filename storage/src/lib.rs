@@ -34,7 +34,7 @@ pub mod segment;
 pub mod validate;
 pub mod wal;
 
-pub use config::EngineConfig;
+pub use config::{EngineConfig, WriteLimits};
 pub use delete::DeletePredicate;
 pub use engine::{BufferStats, Engine, TableSnapshot, WriteOutcome};
 pub use error::{Error, Result};

@@ -16,6 +16,7 @@ use arrow::datatypes::{Int32Type, Schema};
 use arrow::record_batch::RecordBatch;
 
 use crate::catalog::{Catalog, CatalogError, ColumnType, TIME_COLUMN, TableDef};
+use crate::config::WriteLimits;
 use crate::lineproto::{FieldValue, LineError, ParsedLine};
 use crate::precision::Precision;
 
@@ -47,6 +48,7 @@ pub fn validate<'a>(
     lines: impl IntoIterator<Item = Result<ParsedLine<'a>, LineError>>,
     precision: Precision,
     now_ns: i64,
+    limits: &WriteLimits,
 ) -> Result<ValidatedWrite, CatalogError> {
     crate::catalog::validate_name(db)?;
     let mut errors = Vec::new();
@@ -55,6 +57,10 @@ pub fn validate<'a>(
     for line in lines {
         match line {
             Ok(line) => {
+                if let Err(message) = check_sizes(&line, limits) {
+                    errors.push(line_error(&line, message));
+                    continue;
+                }
                 let i = match table_index.get(line.measurement.as_ref()) {
                     Some(&i) => i,
                     None => {
@@ -82,9 +88,23 @@ pub fn validate<'a>(
                 }
             })
     };
+    // Lines refused for a limit while adding their columns, by line number.
+    let mut over_limit: HashMap<usize, String> = HashMap::new();
     if needs_write {
         let mut cat = catalog.write().expect("catalog lock");
         for (name, lines) in &by_table {
+            let new_table = cat.table(db, name).is_none();
+            let tables = cat.database(db).map_or(0, |d| d.tables.len());
+            if new_table && tables >= limits.max_tables_per_database {
+                let message = format!(
+                    "table '{name}' would be the {}th of database '{db}'; the limit is {} \
+                     tables per database",
+                    tables + 1,
+                    limits.max_tables_per_database
+                );
+                errors.extend(lines.iter().map(|l| line_error(l, message.clone())));
+                continue;
+            }
             let table = match cat.table_or_create(db, name) {
                 Ok(table) => table,
                 Err(e) => {
@@ -94,8 +114,10 @@ pub fn validate<'a>(
                 }
             };
             for line in lines {
-                if check_line(&mut Resolver::new(table), line, precision, true).is_ok() {
-                    add_new_columns(table, line);
+                if check_line(&mut Resolver::new(table), line, precision, true).is_ok()
+                    && let Err(message) = add_new_columns(table, line, limits)
+                {
+                    over_limit.insert(line.line_number, message);
                 }
             }
         }
@@ -115,6 +137,10 @@ pub fn validate<'a>(
         let mut builder = BatchBuilder::new(table, lines.len());
         let mut columns = Resolver::new(table);
         for line in &lines {
+            if let Some(message) = over_limit.remove(&line.line_number) {
+                errors.push(line_error(line, message));
+                continue;
+            }
             let check_tags = !builder.knows_series(line.series);
             match check_line(&mut columns, line, precision, check_tags) {
                 Ok(ts) => {
@@ -157,7 +183,8 @@ pub(crate) fn test_write(
     precision: Precision,
 ) -> ValidatedWrite {
     let lines = crate::lineproto::parse_lines(body.as_bytes());
-    let write = validate(catalog, "db", lines, precision, 0).expect("valid names");
+    let write =
+        validate(catalog, "db", lines, precision, 0, &WriteLimits::default()).expect("valid names");
     assert!(write.errors.is_empty(), "{:?}", write.errors);
     write
 }
@@ -217,7 +244,28 @@ fn has_new_columns(columns: &mut Resolver<'_>, line: &ParsedLine<'_>) -> bool {
         .any(|(i, k, is_tag)| columns.column_type(k, is_tag, i).is_none())
 }
 
-fn add_new_columns(table: &mut TableDef, line: &ParsedLine<'_>) {
+/// Adds the columns a line brings, unless they would take its table past its column limit.
+fn add_new_columns(
+    table: &mut TableDef,
+    line: &ParsedLine<'_>,
+    limits: &WriteLimits,
+) -> Result<(), String> {
+    let tags = line.tags.iter().map(|(key, _)| key.as_ref());
+    let fields = line.fields.iter().map(|(key, _)| key.as_ref());
+    let mut new: Vec<&str> = tags
+        .chain(fields)
+        .filter(|key| table.column_type(key).is_none())
+        .collect();
+    new.sort_unstable();
+    new.dedup();
+    if table.columns.len() + new.len() > limits.max_columns_per_table {
+        return Err(format!(
+            "this line would give table '{}' {} columns; the limit is {} columns per table",
+            table.name,
+            table.columns.len() + new.len(),
+            limits.max_columns_per_table
+        ));
+    }
     for (key, _) in &line.tags {
         if table.column_type(key).is_none() {
             table.add_column(key, ColumnType::Tag);
@@ -228,6 +276,30 @@ fn add_new_columns(table: &mut TableDef, line: &ParsedLine<'_>) {
             table.add_column(key, ColumnType::of_field(value));
         }
     }
+    Ok(())
+}
+
+/// Checks a line's length and its string fields' against the limits.
+fn check_sizes(line: &ParsedLine<'_>, limits: &WriteLimits) -> Result<(), String> {
+    if line.raw.len() > limits.max_line_bytes {
+        return Err(format!(
+            "the line is {} bytes long; the limit is {} bytes per line",
+            line.raw.len(),
+            limits.max_line_bytes
+        ));
+    }
+    for (key, value) in &line.fields {
+        if let FieldValue::String(s) = value
+            && s.len() > limits.max_string_bytes
+        {
+            return Err(format!(
+                "string field '{key}' is {} bytes long; the limit is {} bytes per string",
+                s.len(),
+                limits.max_string_bytes
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a line against its table; returns its timestamp in nanoseconds.

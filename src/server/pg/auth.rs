@@ -35,8 +35,27 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
 use super::{SERVER_VERSION, Sessions, database_of, unknown_database, user_error};
 
-/// Where a connection records that it was let in without a password.
-const TRUSTED: &str = "gannet.trusted";
+/// Marks (in the connection's session extensions, which clients cannot set) a connection
+/// let in without a password.
+#[derive(Debug, Clone, Copy)]
+struct Trusted;
+
+/// Marks a connection that finished its start-up: authenticated (or trusted), its database
+/// checked. Query handlers serve no one without it.
+#[derive(Debug, Clone, Copy)]
+struct Admitted;
+
+/// Whether `client` finished its start-up; an error to answer it with if not.
+pub fn admitted(client: &(impl ClientInfo + ?Sized)) -> PgWireResult<()> {
+    match client.session_extensions().get::<Admitted>() {
+        Some(_) => Ok(()),
+        None => Err(user_error(
+            "FATAL",
+            "28000",
+            "the connection has not been authenticated".to_owned(),
+        )),
+    }
+}
 
 /// Who may log in over the Postgres protocol.
 #[derive(Debug)]
@@ -118,6 +137,7 @@ pub struct Startup {
     pub(super) sessions: Arc<Sessions>,
     pub(super) connections: Arc<ConnectionManager>,
     pub(super) auth: Arc<PgAuth>,
+    pub(super) statement_timeout: Option<std::time::Duration>,
     /// Where this connection's SCRAM exchange stands.
     pub(super) sasl: tokio::sync::Mutex<SASLState>,
 }
@@ -144,6 +164,11 @@ impl StartupHandler for Startup {
             PgWireFrontendMessage::Startup(ref startup) => {
                 protocol_negotiation(client, startup).await?;
                 save_startup_parameters_to_metadata(client, startup);
+                // Start-up parameters land in the same metadata as Gannet's own per-connection
+                // state: a client may not set that.
+                client
+                    .metadata_mut()
+                    .retain(|key, _| !key.starts_with(super::GANNET_METADATA));
                 if self.auth.password_required() {
                     client.set_state(PgWireConnectionState::AuthenticationInProgress);
                     client
@@ -152,9 +177,7 @@ impl StartupHandler for Startup {
                         )))
                         .await?;
                 } else {
-                    client
-                        .metadata_mut()
-                        .insert(TRUSTED.to_owned(), "true".to_owned());
+                    client.session_extensions().insert(Trusted);
                     self.admit(client).await?;
                 }
             }
@@ -205,6 +228,13 @@ impl Startup {
         if !self.sessions.exists(db) {
             return Err(unknown_database(db, "FATAL"));
         }
+        if let Some(timeout) = self.statement_timeout {
+            // Where datafusion-postgres's `SET statement_timeout` keeps it.
+            client.metadata_mut().insert(
+                "statement_timeout_ms".to_owned(),
+                timeout.as_millis().to_string(),
+            );
+        }
         let (pid, secret_key) = RandomPidSecretKeyGenerator::default().generate(client);
         client.set_pid_and_secret_key(pid, secret_key.clone());
         let (handle, guard) = self.connections.register(pid, secret_key);
@@ -212,10 +242,81 @@ impl Startup {
             .session_extensions()
             .insert::<Arc<ConnectionHandle>>(handle);
         client.session_extensions().insert(guard);
+        client.session_extensions().insert(Admitted);
         let mut parameters = DefaultServerParameterProvider::default();
         parameters.server_version = SERVER_VERSION.to_owned();
         finish_authentication(client, &parameters).await
     }
+}
+
+/// Whether `client` may administer: a superuser, or a connection let in without a password
+/// while no user exists.
+pub fn is_superuser(auth: &PgAuth, client: &(impl ClientInfo + ?Sized)) -> bool {
+    if client.session_extensions().get::<Trusted>().is_some() && !auth.password_required() {
+        return true;
+    }
+    let user = client.metadata().get(METADATA_USER);
+    user.is_some_and(|name| auth.store.current().user(name).is_some_and(|u| u.superuser))
+}
+
+/// Refuses `COPY ... TO 'file'` (which writes a file on the server, as the server's user)
+/// to all but superusers, as PostgreSQL does.
+pub fn check_copy_to_file(
+    auth: &PgAuth,
+    client: &(impl ClientInfo + ?Sized),
+    sql: &str,
+) -> PgWireResult<()> {
+    if !sql.to_ascii_lowercase().contains("copy") || !copies_to_file(sql) {
+        return Ok(());
+    }
+    if is_superuser(auth, client) {
+        return Ok(());
+    }
+    Err(user_error(
+        "ERROR",
+        "42501",
+        "permission denied: only a superuser may COPY to a file on the server (COPY ... TO \
+         STDOUT works for everyone)"
+            .to_owned(),
+    ))
+}
+
+/// Whether one of the statements in `sql` is a `COPY ... TO '<file>'`.
+fn copies_to_file(sql: &str) -> bool {
+    let dialect = PostgreSqlDialect {};
+    let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize() else {
+        // Unparseable: DataFusion will refuse it too.
+        return false;
+    };
+    let mut tokens = tokens
+        .into_iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .peekable();
+    let mut statement_start = true;
+    let mut in_copy = false;
+    while let Some(token) = tokens.next() {
+        match &token {
+            Token::SemiColon => {
+                statement_start = true;
+                in_copy = false;
+                continue;
+            }
+            Token::Word(w) if statement_start && w.keyword == Keyword::COPY => in_copy = true,
+            Token::Word(w)
+                if in_copy
+                    && w.keyword == Keyword::TO
+                    && matches!(
+                        tokens.peek(),
+                        Some(Token::SingleQuotedString(_) | Token::EscapedStringLiteral(_))
+                    ) =>
+            {
+                return true;
+            }
+            _ => {}
+        }
+        statement_start = false;
+    }
+    false
 }
 
 fn password_failed(client: &(impl ClientInfo + ?Sized)) -> PgWireError {
@@ -256,8 +357,17 @@ impl UserStatement {
     /// `None` when `sql` is not a user statement; `Some(Err(message))` when it is one that
     /// Gannet cannot carry out.
     pub fn parse(sql: &str) -> Option<Result<UserStatement, String>> {
+        // Error messages never quote the statement: it may hold a password.
+        const USAGE: &str = "expected CREATE USER name [WITH] PASSWORD 'password' \
+                             [SUPERUSER], ALTER USER name [WITH] PASSWORD 'password', or DROP \
+                             USER [IF EXISTS] name";
         let dialect = PostgreSqlDialect {};
-        let tokens = Tokenizer::new(&dialect, sql).tokenize().ok()?;
+        let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize() else {
+            let lower = sql.to_ascii_lowercase();
+            let about_users =
+                lower.contains("password") && (lower.contains("user") || lower.contains("role"));
+            return about_users.then(|| Err(format!("syntax error: {USAGE}")));
+        };
         let mut words = tokens.iter().filter_map(|t| match t {
             Token::Word(w) => Some(w.keyword),
             Token::Whitespace(_) => None,
@@ -270,11 +380,16 @@ impl UserStatement {
         {
             return None;
         }
-        let mut parser = match Parser::new(&dialect).try_with_sql(sql) {
-            Ok(parser) => parser,
-            Err(e) => return Some(Err(e.to_string())),
-        };
-        Some(Self::parse_tokens(&mut parser, verb).map_err(|e| e.to_string()))
+        let mut parser = Parser::new(&dialect).with_tokens(tokens);
+        Some(Self::parse_tokens(&mut parser, verb).map_err(|e| {
+            let e = e.to_string();
+            // The parser's own messages quote the token they stopped at.
+            if e.starts_with("sql parser error") || e.contains("Expected") {
+                format!("syntax error: {USAGE}")
+            } else {
+                e
+            }
+        }))
     }
 
     fn parse_tokens(
@@ -366,13 +481,8 @@ impl UserStatement {
             .get(METADATA_USER)
             .cloned()
             .unwrap_or_default();
-        let trusted = client.metadata().contains_key(TRUSTED);
-        let superuser = trusted
-            || auth
-                .store
-                .current()
-                .user(&current)
-                .is_some_and(|u| u.superuser);
+        // A connection let in while no user existed keeps no rights once one does.
+        let superuser = is_superuser(auth, client);
         let own_password = matches!(
             &self,
             UserStatement::Alter { name, superuser: None, .. } if *name == current
@@ -492,6 +602,12 @@ mod tests {
             Some(Err(_))
         ));
         assert_eq!(UserStatement::parse("SELECT 1"), None);
+        assert!(copies_to_file("COPY cpu TO '/tmp/x.csv'"));
+        assert!(copies_to_file(
+            "select 1; copy (select 1) to '/tmp/x' stored as csv"
+        ));
+        assert!(!copies_to_file("COPY cpu TO STDOUT"));
+        assert!(!copies_to_file("SELECT 'copy' AS to"));
         assert_eq!(UserStatement::parse("CREATE TABLE t (a int)"), None);
         assert!(
             !UserStatement::parse("CREATE USER a PASSWORD 'secret'")

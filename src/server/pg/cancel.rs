@@ -10,6 +10,7 @@ use pgwire::api::ClientInfo;
 use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
 use pgwire::api::results::{QueryResponse, Response};
 use pgwire::messages::cancel::CancelRequest;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::user_error;
@@ -30,6 +31,7 @@ impl Running {
         self: &Arc<Self>,
         client: &(impl ClientInfo + ?Sized),
         logged: RunningQuery,
+        turn: OwnedSemaphorePermit,
     ) -> Arc<Control> {
         let (pid, secret) = client.pid_and_secret_key();
         let key = (pid, secret.to_bytes());
@@ -56,6 +58,7 @@ impl Running {
             logged: Mutex::new(Some(logged)),
             rows: AtomicU64::new(0),
             failed: Mutex::new(None),
+            _turn: turn,
         })
     }
 
@@ -79,6 +82,8 @@ pub(super) struct Control {
     logged: Mutex<Option<RunningQuery>>,
     rows: AtomicU64,
     failed: Mutex<Option<String>>,
+    /// The statement's turn among the queries running at once, until its rows are sent.
+    _turn: OwnedSemaphorePermit,
 }
 
 impl Drop for Control {

@@ -50,6 +50,9 @@ use compat::{GannetStatementsHook, register_functions, rewrite_grafana_search_pa
 /// written to), as PostgreSQL's `postgres` does: tools connect to it by default.
 pub const DEFAULT_DATABASE: &str = "postgres";
 
+/// The prefix of the connection metadata keys Gannet keeps its own state in.
+const GANNET_METADATA: &str = "gannet.";
+
 /// The PostgreSQL version Gannet reports; clients pick their SQL dialect by it.
 const SERVER_VERSION: &str = "16.6";
 const SERVER_VERSION_NUM: &str = "160006";
@@ -63,6 +66,8 @@ pub struct PgHandlers {
     sessions: Arc<Sessions>,
     connections: Arc<ConnectionManager>,
     auth: Arc<PgAuth>,
+    /// Every connection's initial `statement_timeout`.
+    pub statement_timeout: Option<std::time::Duration>,
     cancel: Arc<Canceller>,
     /// `NOTIFY`s and alerts, for the connections that `LISTEN`.
     pub notifications: notify::Notifications,
@@ -90,6 +95,7 @@ impl PgHandlers {
             sessions,
             connections: connections.clone(),
             auth,
+            statement_timeout: None,
             cancel: Arc::new(Canceller {
                 planning: DefaultCancelHandler::new(connections),
                 running,
@@ -114,6 +120,7 @@ impl PgWireServerHandlers for PgHandlers {
             sessions: self.sessions.clone(),
             connections: self.connections.clone(),
             auth: self.auth.clone(),
+            statement_timeout: self.statement_timeout,
             sasl: tokio::sync::Mutex::new(pgwire::api::auth::sasl::SASLState::Initial),
         })
     }
@@ -125,6 +132,49 @@ impl PgWireServerHandlers for PgHandlers {
     fn cancel_handler(&self) -> Arc<impl CancelHandler> {
         self.cancel.clone()
     }
+}
+
+/// Refuses a connection over the limit as PostgreSQL does: reads its start-up (declining
+/// TLS or GSS encryption if asked first), answers FATAL 53300, closes. Everything is read
+/// before closing, so that the client gets the message rather than a reset.
+pub async fn refuse(mut socket: tokio::net::TcpStream, max_connections: usize) {
+    use pgwire::messages::Message as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    const SSL_REQUEST: u32 = 80877103;
+    const GSSENC_REQUEST: u32 = 80877104;
+    let exchange = async {
+        for _ in 0..3 {
+            let length = socket.read_u32().await? as usize;
+            if !(8..=10_000).contains(&length) {
+                break;
+            }
+            let code = socket.read_u32().await?;
+            let mut rest = vec![0; length - 8];
+            socket.read_exact(&mut rest).await?;
+            if code != SSL_REQUEST && code != GSSENC_REQUEST {
+                break;
+            }
+            socket.write_all(b"N").await?;
+        }
+        let error = ErrorInfo::new(
+            "FATAL".to_owned(),
+            "53300".to_owned(),
+            format!(
+                "sorry, too many clients already (the limit is {max_connections}, \
+                 --max-connections)"
+            ),
+        );
+        let mut buf = bytes::BytesMut::new();
+        pgwire::messages::response::ErrorResponse::from(error)
+            .encode(&mut buf)
+            .map_err(std::io::Error::other)?;
+        socket.write_all(&buf).await?;
+        socket.shutdown().await?;
+        let mut rest = [0; 512];
+        while socket.read(&mut rest).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), exchange).await;
 }
 
 /// One DataFusion session (as a datafusion-postgres service) per database, built on first use.
@@ -215,6 +265,8 @@ impl SimpleQueryHandler for QueryRouter {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        auth::admitted(client)?;
+        auth::check_copy_to_file(&self.auth, client, query)?;
         if let Some(response) = self.scoring_statement(client, query).await {
             return Ok(vec![response?]);
         }
@@ -224,7 +276,8 @@ impl SimpleQueryHandler for QueryRouter {
         let service = self.sessions.service(client)?;
         let query = rewrite_grafana_search_path(query);
         let logged = self.sessions.query.log().start(database_of(client), &query);
-        let control = self.running.start(client, logged);
+        let turn = self.sessions.query.turn().await;
+        let control = self.running.start(client, logged, turn);
         let responses =
             <DfSessionService as SimpleQueryHandler>::do_query(&service, client, &query)
                 .await
@@ -335,6 +388,8 @@ impl ExtendedQueryHandler for QueryRouter {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        auth::admitted(client)?;
+        auth::check_copy_to_file(&self.auth, client, &portal.statement.statement.0)?;
         if let Some(response) = self
             .scoring_statement(client, &portal.statement.statement.0)
             .await
@@ -350,7 +405,8 @@ impl ExtendedQueryHandler for QueryRouter {
             .query
             .log()
             .start(database_of(client), &portal.statement.statement.0);
-        let control = self.running.start(client, logged);
+        let turn = self.sessions.query.turn().await;
+        let control = self.running.start(client, logged, turn);
         let response = <DfSessionService as ExtendedQueryHandler>::do_query(
             &service, client, portal, max_rows,
         )
@@ -379,6 +435,7 @@ impl QueryParser for RoutingParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
+        auth::admitted(client)?;
         if gannet_query::scoring::statement::parse(sql).is_some()
             || UserStatement::parse(sql).is_some()
         {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use gannet_query::scoring::ScoringState;
 use pgwire::api::{ClientInfo, ErrorHandler, PgWireConnectionState, PgWireServerHandlers};
+use pgwire::error::{ErrorInfo, PgWireError};
 use pgwire::messages::response::NotificationResponse;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::tokio::TlsAcceptor;
@@ -24,7 +25,8 @@ use super::{PgHandlers, database_of};
 /// The channel scoring alerts are notified on.
 pub const ALERTS_CHANNEL: &str = "gannet_alerts";
 
-/// Where a connection keeps the channels it listens on (one per line).
+/// Where a connection keeps the channels it listens on (one per line); under
+/// `GANNET_METADATA`, so that no client sets it as a start-up parameter.
 const LISTENING: &str = "gannet.listening";
 
 /// How long a new connection has to finish its start-up.
@@ -199,7 +201,19 @@ pub async fn serve_connection(
         .await
         {
             errors.on_error(&socket, &mut e);
-            process_error(&mut socket, e, in_extended).await?;
+            let error = ErrorInfo::from(e);
+            let fatal = error.is_fatal();
+            process_error(
+                &mut socket,
+                PgWireError::UserError(Box::new(error)),
+                in_extended,
+            )
+            .await?;
+            // A failed start-up (a wrong password, an unknown database) or any FATAL error
+            // ends the connection: nothing the client sends after it is read.
+            if fatal || starting {
+                return Ok(());
+            }
         }
     }
 }

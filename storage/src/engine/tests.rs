@@ -202,6 +202,47 @@ fn writers_wait_when_the_buffer_is_full_and_memory_stays_bounded() {
 }
 
 #[test]
+fn a_write_gives_up_with_buffer_full_when_flushing_cannot_make_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        memory_limit: 16 << 10,
+        max_write_wait: Some(Duration::from_millis(300)),
+        ..EngineConfig::test_config(dir.path())
+    };
+    let engine = Engine::open(config).unwrap();
+    engine
+        .write_lp("db", b"cpu,host=a v=1 1", Precision::Second)
+        .unwrap();
+    // Segments of db.cpu cannot be written: a file stands where their directory goes.
+    let db_id = engine.catalog().database("db").unwrap().id;
+    let blocked = dir.path().join(format!("segments/db-{db_id}"));
+    std::fs::create_dir_all(dir.path().join("segments")).unwrap();
+    std::fs::write(&blocked, b"not a directory").unwrap();
+    let body: String = (0..2000)
+        .map(|i| format!("cpu,host=h{i} v={i} {i}\n"))
+        .collect();
+    let mut full = None;
+    for _ in 0..20 {
+        match engine.write_lp("db", body.as_bytes(), Precision::Second) {
+            Ok(_) => continue,
+            Err(e) => {
+                full = Some(e);
+                break;
+            }
+        }
+    }
+    let err = full.expect("a write failed once the buffer was full");
+    assert!(matches!(err, Error::BufferFull { .. }), "{err}");
+    assert!(err.to_string().contains("retry later"), "{err}");
+
+    // Room again: the writes succeed once segments can be written.
+    std::fs::remove_file(&blocked).unwrap();
+    engine
+        .write_lp("db", body.as_bytes(), Precision::Second)
+        .unwrap();
+}
+
+#[test]
 fn orphan_segments_are_removed_on_open() {
     let dir = tempfile::tempdir().unwrap();
     drop(open(dir.path()));

@@ -9,6 +9,7 @@ fn write(catalog: &RwLock<Catalog>, body: &str) -> ValidatedWrite {
         parse_lines(body.as_bytes()),
         Precision::Second,
         99,
+        &WriteLimits::default(),
     )
     .unwrap()
 }
@@ -144,4 +145,62 @@ fn repeated_series_reuse_their_dictionary_keys() {
         2,
         "each distinct tag value is stored once"
     );
+}
+
+#[test]
+fn lines_beyond_a_limit_are_rejected_and_name_it_while_the_others_are_written() {
+    let catalog = RwLock::new(Catalog::default());
+    let limits = WriteLimits {
+        max_line_bytes: 60,
+        max_string_bytes: 5,
+        max_columns_per_table: 4,
+        max_tables_per_database: 2,
+    };
+    let body = [
+        "cpu,host=a u=1 1",                              // time, host, u: 3 columns
+        "cpu,host=a u=1,v=2,w=3 2",                      // would make 5
+        "cpu,host=a v=2 3",                              // 4: fits
+        "log msg=\"hello!\" 4",                          // a 6-byte string
+        "log msg=\"hi\" 5",                              // second table
+        "third x=1 6",                                   // third table
+        &format!("cpu,host=a u=1 7 {}", "#".repeat(50)), // not a valid line, and too long
+        &format!("cpu,host={} u=1 8", "b".repeat(60)),
+    ]
+    .join("\n");
+    let w = validate(
+        &catalog,
+        "db",
+        parse_lines(body.as_bytes()),
+        Precision::Second,
+        99,
+        &limits,
+    )
+    .unwrap();
+    let errors: Vec<(usize, &str)> = w
+        .errors
+        .iter()
+        .map(|e| (e.line_number, e.message.as_str()))
+        .collect();
+    assert_eq!(errors.len(), 5, "{errors:#?}");
+    assert_eq!(errors[0].0, 2);
+    assert!(
+        errors[0]
+            .1
+            .contains("give table 'cpu' 5 columns; the limit is 4")
+    );
+    assert_eq!(errors[1].0, 4);
+    assert!(
+        errors[1]
+            .1
+            .contains("string field 'msg' is 6 bytes long; the limit is 5")
+    );
+    assert_eq!(errors[2].0, 6);
+    assert!(errors[2].1.contains("limit is 2 tables per database"));
+    assert_eq!(errors[3].0, 7);
+    assert_eq!(errors[4].0, 8);
+    assert!(errors[4].1.contains("the limit is 60 bytes per line"));
+    assert_eq!(w.rows, 3);
+    let cat = catalog.read().unwrap();
+    assert_eq!(cat.table("db", "cpu").unwrap().columns.len(), 4);
+    assert!(cat.table("db", "third").is_none());
 }

@@ -1,6 +1,8 @@
 //! Crash consistency with real processes: a child writes in a loop and prints each
-//! acknowledged batch; the parent kills it with SIGKILL at a random moment, reopens the
-//! data directory, and checks that every acknowledged row is there exactly once.
+//! acknowledged batch, while queries run, the buffer is flushed every few hundred rows and
+//! segments are compacted; the parent kills it with SIGKILL at a random moment, reopens the
+//! data directory, and checks that every acknowledged row is there exactly once. 50 trials
+//! (`GANNET_CRASH_TRIALS` to change).
 //!
 //! The child is this test binary itself, run as `crash::writer_loop` with the data
 //! directory in `GANNET_CRASH_DIR`. Run on its own, the same test writes a few batches
@@ -28,6 +30,7 @@ fn config(dir: &Path) -> EngineConfig {
     let mut config = EngineConfig::new(dir);
     config.flush_rows = 400;
     config.flush_interval = Duration::from_millis(20);
+    config.compact_segments = 2;
     config.wal.max_file_bytes = 64 << 10;
     config
 }
@@ -74,6 +77,20 @@ fn write_batches(db: &Gannet, first: usize, batches: usize, mut ack: impl FnMut(
     });
 }
 
+/// Queries the table over and over, as readers do while the child is killed.
+fn query_loop(db: &Gannet) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    loop {
+        // The table may not exist yet: errors are fine, panics are not.
+        let _ = runtime.block_on(db.sql(
+            "crash",
+            "SELECT host, count(*), max(v) FROM events WHERE v > 0 GROUP BY host",
+        ));
+    }
+}
+
 #[test]
 fn writer_loop() {
     match std::env::var(DIR_ENV) {
@@ -81,6 +98,10 @@ fn writer_loop() {
             // The child: write until killed, announcing each acknowledged batch.
             let first: usize = std::env::var(FIRST_ENV).unwrap().parse().unwrap();
             let db = Gannet::open_with(config(Path::new(&dir))).unwrap();
+            for _ in 0..2 {
+                let db = db.clone();
+                std::thread::spawn(move || query_loop(&db));
+            }
             println!("READY");
             write_batches(&db, first, usize::MAX, |w, i| println!("ACK {w} {i}"));
         }
@@ -163,7 +184,7 @@ fn kill_9_loses_no_acknowledged_write() {
     let trials: usize = std::env::var("GANNET_CRASH_TRIALS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(12);
+        .unwrap_or(50);
     let dir = tempfile::tempdir().unwrap();
     let mut acked = BTreeSet::new();
     let mut rng = rand::rng();

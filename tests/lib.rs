@@ -9,6 +9,8 @@ mod tsbs;
 mod crash;
 mod duckdb_compare;
 mod examples;
+mod faults;
+mod hostile;
 mod http_api;
 mod import;
 mod limits;

@@ -329,6 +329,7 @@ fn storage_error(e: gannet_storage::Error) -> ApiError {
         }
         Error::Closed => StatusCode::SERVICE_UNAVAILABLE,
         Error::BufferFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        _ if is_disk_full(&e) => StatusCode::INSUFFICIENT_STORAGE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -338,6 +339,23 @@ fn storage_error(e: gannet_storage::Error) -> ApiError {
         status,
         message: e.to_string(),
     }
+}
+
+/// Whether a storage error comes from a full disk (or quota): `507 Insufficient Storage`.
+fn is_disk_full(e: &gannet_storage::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(error) = source {
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// The body as line protocol: gunzipped if `Content-Encoding: gzip`, at most `limit` bytes.

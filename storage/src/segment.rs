@@ -87,18 +87,30 @@ pub fn write(path: &Path, batch: &RecordBatch) -> Result<SegmentInfo, SegmentErr
         .build();
 
     let tmp = path.with_extension("parquet.tmp");
-    let file = File::create(&tmp).map_err(io)?;
     let parquet = |source| SegmentError::Parquet {
         path: shown.clone(),
         source,
     };
-    let mut writer = ArrowWriter::try_new(file, schema, Some(props)).map_err(parquet)?;
-    writer.write(batch).map_err(parquet)?;
-    let file = writer.into_inner().map_err(parquet)?;
-    file.sync_all().map_err(io)?;
-    let bytes = file.metadata().map_err(io)?.len();
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io)?;
+    let written = (|| {
+        let file = File::create(&tmp).map_err(io)?;
+        let mut writer = ArrowWriter::try_new(file, schema, Some(props)).map_err(parquet)?;
+        writer.write(batch).map_err(parquet)?;
+        let file = writer.into_inner().map_err(parquet)?;
+        file.sync_all().map_err(io)?;
+        let bytes = file.metadata().map_err(io)?.len();
+        drop(file);
+        std::fs::rename(&tmp, path).map_err(io)?;
+        Ok(bytes)
+    })();
+    let bytes = match written {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            // A half-written file would only hold on to space (a full disk is the usual
+            // reason to get here); the rows are still in the buffer and the WAL.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
     paths::sync_dir(dir).map_err(io)?;
     Ok(SegmentInfo {
         rows: batch.num_rows() as u64,

@@ -184,6 +184,15 @@ impl StartupHandler for Startup {
             PgWireFrontendMessage::PasswordMessageFamily(message) => {
                 let mut sasl = self.sasl.lock().await;
                 let message = if matches!(*sasl, SASLState::Initial) {
+                    if let PasswordMessageFamily::Raw(body) = &message
+                        && !super::sasl_check::well_formed_sasl_initial_response(body)
+                    {
+                        return Err(user_error(
+                            "FATAL",
+                            "08P01",
+                            "malformed SASLInitialResponse message".to_owned(),
+                        ));
+                    }
                     let initial = message.into_sasl_initial_response()?;
                     if initial.auth_method != SCRAM_SHA_256_METHOD {
                         return Err(PgWireError::UnsupportedSASLAuthMethod(initial.auth_method));

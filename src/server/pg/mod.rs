@@ -41,6 +41,7 @@ pub mod auth;
 mod cancel;
 mod compat;
 pub mod notify;
+mod sasl_check;
 
 use auth::{PgAuth, UserStatement};
 use cancel::{Canceller, Running};

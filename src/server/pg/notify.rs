@@ -9,7 +9,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use std::panic::AssertUnwindSafe;
+
+use futures::{FutureExt, SinkExt, StreamExt};
 use gannet_query::scoring::ScoringState;
 use pgwire::api::{ClientInfo, ErrorHandler, PgWireConnectionState, PgWireServerHandlers};
 use pgwire::error::{ErrorInfo, PgWireError};
@@ -160,7 +162,15 @@ pub async fn serve_connection(
         }
         let message = tokio::select! {
             _ = &mut deadline, if starting => None,
-            message = socket.next() => message,
+            // pgwire's decoder panics on some malformed messages (a declared length below
+            // 4): a malformed message, not a reason to lose the task without a word.
+            message = AssertUnwindSafe(socket.next()).catch_unwind() => match message {
+                Ok(message) => message,
+                Err(_) => Some(Err(PgWireError::IoError(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "a message length below its own header",
+                )))),
+            },
             notification = next(&mut feed) => {
                 let info = &socket.codec().client_info;
                 if notification.database == database_of(info)
@@ -178,8 +188,23 @@ pub async fn serve_connection(
                 continue;
             }
         };
-        let Some(Ok(message)) = message else {
-            return Ok(());
+        let message = match message {
+            Some(Ok(message)) => message,
+            // Bytes that are not a message (a length out of bounds, text that is not UTF-8):
+            // say so, as PostgreSQL does, and close; the stream cannot be trusted after it.
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "closing a connection that sent a malformed message");
+                let error = ErrorInfo::new(
+                    "FATAL".to_owned(),
+                    "08P01".to_owned(),
+                    format!("invalid message: {e}"),
+                );
+                let _ = socket
+                    .send(PgWireBackendMessage::ErrorResponse(error.into()))
+                    .await;
+                return Ok(());
+            }
+            None => return Ok(()),
         };
         // The client is leaving: close, as PostgreSQL does (asyncpg waits for it).
         if matches!(message, PgWireFrontendMessage::Terminate(_)) {

@@ -87,34 +87,6 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-/// The TSBS devops queries over `hours` of data (as in benches/tsbs_queries.rs).
-fn queries(hours: usize) -> Vec<(&'static str, String)> {
-    let t = |h: usize| format!("'2016-01-01 {h:02}:00:00'");
-    let mid = hours / 2;
-    let last = hours.saturating_sub(1);
-    let fields = tsbs::FIELDS;
-    let max_all: Vec<String> = fields.iter().map(|c| format!("max({c})")).collect();
-    let avg_all: Vec<String> = fields.iter().map(|c| format!("avg({c})")).collect();
-    let max8 = max_all[..8].join(", ");
-    let hosts8 = "'host_1','host_2','host_3','host_4','host_5','host_6','host_7','host_8'";
-    let hosts5 = "'host_1','host_2','host_3','host_4','host_5'";
-    let minute = "SELECT date_trunc('minute', time) AS minute";
-    vec![
-        ("single-groupby-1-1-1", format!("{minute}, max(usage_user) FROM cpu WHERE hostname = 'host_9' AND time >= {} AND time < {} GROUP BY 1 ORDER BY 1", t(mid), t(mid + 1))),
-        ("single-groupby-1-1-12", format!("{minute}, max(usage_user) FROM cpu WHERE hostname = 'host_9' AND time >= {} GROUP BY 1 ORDER BY 1", t(0))),
-        ("single-groupby-5-1-1", format!("{minute}, max(usage_user) FROM cpu WHERE hostname IN ({hosts5}) AND time >= {} AND time < {} GROUP BY 1 ORDER BY 1", t(mid), t(mid + 1))),
-        ("single-groupby-5-8-1", format!("{minute}, {max8} FROM cpu WHERE hostname IN ({hosts5}) AND time >= {} AND time < {} GROUP BY 1 ORDER BY 1", t(mid), t(mid + 1))),
-        ("cpu-max-all-1", format!("SELECT date_trunc('hour', time) AS hour, {} FROM cpu WHERE hostname = 'host_9' AND time >= {} AND time < {} GROUP BY 1 ORDER BY 1", max_all.join(", "), t(last.saturating_sub(8)), t(last))),
-        ("cpu-max-all-8", format!("SELECT date_trunc('hour', time) AS hour, {} FROM cpu WHERE hostname IN ({hosts8}) AND time >= {} AND time < {} GROUP BY 1 ORDER BY 1", max_all.join(", "), t(last.saturating_sub(8)), t(last))),
-        ("double-groupby-1", "SELECT date_trunc('hour', time) AS hour, hostname, avg(usage_user) FROM cpu GROUP BY 1, 2 ORDER BY 1, 2".to_owned()),
-        ("double-groupby-all", format!("SELECT date_trunc('hour', time) AS hour, hostname, {} FROM cpu GROUP BY 1, 2 ORDER BY 1, 2", avg_all.join(", "))),
-        ("high-cpu-1", "SELECT * FROM cpu WHERE usage_user > 90.0 AND hostname = 'host_9' ORDER BY time".to_owned()),
-        ("high-cpu-all", format!("SELECT * FROM cpu WHERE usage_user > 90.0 AND time >= {} AND time < {}", t(mid), t(mid + 1))),
-        ("lastpoint", "SELECT DISTINCT ON (hostname) * FROM cpu ORDER BY hostname, time DESC".to_owned()),
-        ("groupby-orderby-limit", format!("{minute}, max(usage_user) FROM cpu WHERE time < {} GROUP BY 1 ORDER BY 1 DESC LIMIT 5", t(mid))),
-    ]
-}
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -164,7 +136,7 @@ fn main() {
 
     // pgbench: one script per query, picked at random for each transaction.
     let scripts = tempfile::tempdir().unwrap();
-    let queries = queries(hours);
+    let queries = tsbs::devops_queries(hours);
     let mut args: Vec<String> = Vec::new();
     for (i, (_, sql)) in queries.iter().enumerate() {
         let path = scripts.path().join(format!("q{i}.sql"));

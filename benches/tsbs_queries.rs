@@ -25,117 +25,6 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// The TSBS devops queries, named as TSBS names them, for `hours` of data from 2016-01-01.
-fn queries(hours: usize) -> Vec<(&'static str, String)> {
-    let t = |h: usize| format!("'2016-01-01 {h:02}:00:00'");
-    let mid = hours / 2;
-    let last = hours.saturating_sub(1);
-    let metrics8 = "max(usage_user), max(usage_system), max(usage_idle), max(usage_nice), \
-                    max(usage_iowait), max(usage_irq), max(usage_softirq), max(usage_steal)";
-    let all10 = "usage_user, usage_system, usage_idle, usage_nice, usage_iowait, usage_irq, \
-                 usage_softirq, usage_steal, usage_guest, usage_guest_nice";
-    let avg_all: Vec<String> = all10.split(", ").map(|c| format!("avg({c})")).collect();
-    let max_all: Vec<String> = all10.split(", ").map(|c| format!("max({c})")).collect();
-    let hosts8 = "'host_1','host_2','host_3','host_4','host_5','host_6','host_7','host_8'";
-    let hosts5 = "'host_1','host_2','host_3','host_4','host_5'";
-    vec![
-        (
-            "single-groupby-1-1-1",
-            format!(
-                "SELECT date_trunc('minute', time) AS minute, max(usage_user) FROM cpu \
-                 WHERE hostname = 'host_9' AND time >= {} AND time < {} GROUP BY 1 ORDER BY 1",
-                t(mid),
-                t(mid + 1)
-            ),
-        ),
-        (
-            "single-groupby-1-1-12",
-            format!(
-                "SELECT date_trunc('minute', time) AS minute, max(usage_user) FROM cpu \
-                 WHERE hostname = 'host_9' AND time >= {} GROUP BY 1 ORDER BY 1",
-                t(0)
-            ),
-        ),
-        (
-            "single-groupby-5-1-1",
-            format!(
-                "SELECT date_trunc('minute', time) AS minute, max(usage_user) FROM cpu \
-                 WHERE hostname IN ({hosts5}) AND time >= {} AND time < {} GROUP BY 1 ORDER BY 1",
-                t(mid),
-                t(mid + 1)
-            ),
-        ),
-        (
-            "single-groupby-5-8-1",
-            format!(
-                "SELECT date_trunc('minute', time) AS minute, {metrics8} FROM cpu \
-                 WHERE hostname IN ({hosts5}) AND time >= {} AND time < {} GROUP BY 1 ORDER BY 1",
-                t(mid),
-                t(mid + 1)
-            ),
-        ),
-        (
-            "cpu-max-all-1",
-            format!(
-                "SELECT date_trunc('hour', time) AS hour, {} FROM cpu \
-                 WHERE hostname = 'host_9' AND time >= {} AND time < {} GROUP BY 1 ORDER BY 1",
-                max_all.join(", "),
-                t(last.saturating_sub(8)),
-                t(last)
-            ),
-        ),
-        (
-            "cpu-max-all-8",
-            format!(
-                "SELECT date_trunc('hour', time) AS hour, {} FROM cpu \
-                 WHERE hostname IN ({hosts8}) AND time >= {} AND time < {} GROUP BY 1 ORDER BY 1",
-                max_all.join(", "),
-                t(last.saturating_sub(8)),
-                t(last)
-            ),
-        ),
-        (
-            "double-groupby-1",
-            "SELECT date_trunc('hour', time) AS hour, hostname, avg(usage_user) FROM cpu \
-             GROUP BY 1, 2 ORDER BY 1, 2"
-                .to_owned(),
-        ),
-        (
-            "double-groupby-all",
-            format!(
-                "SELECT date_trunc('hour', time) AS hour, hostname, {} FROM cpu \
-                 GROUP BY 1, 2 ORDER BY 1, 2",
-                avg_all.join(", ")
-            ),
-        ),
-        (
-            "high-cpu-1",
-            "SELECT * FROM cpu WHERE usage_user > 90.0 AND hostname = 'host_9' ORDER BY time"
-                .to_owned(),
-        ),
-        (
-            "high-cpu-all",
-            format!(
-                "SELECT * FROM cpu WHERE usage_user > 90.0 AND time >= {} AND time < {}",
-                t(mid),
-                t(mid + 1)
-            ),
-        ),
-        (
-            "lastpoint",
-            "SELECT DISTINCT ON (hostname) * FROM cpu ORDER BY hostname, time DESC".to_owned(),
-        ),
-        (
-            "groupby-orderby-limit",
-            format!(
-                "SELECT date_trunc('minute', time) AS minute, max(usage_user) FROM cpu \
-                 WHERE time < {} GROUP BY 1 ORDER BY 1 DESC LIMIT 5",
-                t(mid)
-            ),
-        ),
-    ]
-}
-
 const DUCKDB: &str = r#"
 import sys, json, time, statistics, duckdb
 parquet, runs, queries = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
@@ -203,7 +92,7 @@ fn main() {
         .build()
         .unwrap();
     let query = gannet_query_engine(&engine);
-    let queries = queries(hours);
+    let queries = tsbs::devops_queries(hours);
     let mut gannet = Vec::new();
     for (name, sql) in &queries {
         let run = || {

@@ -188,10 +188,16 @@ pub fn encode_entry(entry: &WalEntry) -> Vec<u8> {
 /// bytes actually there; a reader would first allocate whatever length a damaged message
 /// claims (a 9-byte payload can claim 1.3 GB).
 fn decode_batch(ipc: &[u8]) -> Result<RecordBatch, String> {
-    let mut buffer = arrow::buffer::Buffer::from(ipc.to_vec());
-    let mut decoder = arrow::ipc::reader::StreamDecoder::new();
-    let batch = decoder.decode(&mut buffer).map_err(|e| e.to_string())?;
-    batch.ok_or_else(|| "no record batch".to_owned())
+    // arrow-ipc panics on some malformed schema messages (an unwrap in `fb_to_schema`,
+    // found by fuzz/wal_decode): a damaged record is an error to report, not a crash while
+    // the WAL is replayed at start-up.
+    std::panic::catch_unwind(|| {
+        let mut buffer = arrow::buffer::Buffer::from(ipc.to_vec());
+        let mut decoder = arrow::ipc::reader::StreamDecoder::new();
+        let batch = decoder.decode(&mut buffer).map_err(|e| e.to_string())?;
+        batch.ok_or_else(|| "no record batch".to_owned())
+    })
+    .unwrap_or_else(|_| Err("malformed Arrow IPC data".to_owned()))
 }
 
 pub fn decode_entry(payload: &[u8]) -> Result<WalEntry, FormatError> {

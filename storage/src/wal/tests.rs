@@ -219,3 +219,14 @@ fn payloads_decode_and_damaged_ones_fail_without_trusting_their_lengths() {
         );
     }
 }
+
+#[test]
+fn a_record_whose_arrow_data_makes_arrow_panic_is_an_error() {
+    // Found by fuzz/wal_decode: arrow-ipc unwraps a missing field list in a schema message.
+    let crash = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fuzz/regressions/wal_decode-arrow-schema-panic"
+    ))
+    .unwrap();
+    assert!(format::decode_entry(&crash).is_err());
+}

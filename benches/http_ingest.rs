@@ -9,32 +9,20 @@
 //! HTTP_ROWS (default 1,000,000), HTTP_WRITERS (8), HTTP_ROUNDS (3) and INFLUXD (path of
 //! influxd) tune it. Both servers run on loopback with their data in a temporary directory.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+#[path = "common/harness.rs"]
+mod harness;
+use harness::{env_or, free_port};
+
 #[path = "common/tsbs.rs"]
 mod tsbs;
 
 const BATCH_LINES: usize = 5_000;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A server process, killed when dropped.
 struct Server {

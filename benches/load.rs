@@ -10,11 +10,14 @@
 //! and a 1 GiB query memory limit.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+#[path = "common/harness.rs"]
+mod harness;
+use harness::{env_or, free_port};
 
 #[path = "common/tsbs.rs"]
 mod tsbs;
@@ -22,21 +25,6 @@ mod tsbs;
 const BATCH_LINES: usize = 5_000;
 const BUFFER_MEMORY: &str = "1GiB";
 const QUERY_MEMORY: &str = "1GiB";
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Server {
     child: Child,

@@ -23,12 +23,9 @@ use ort::session::Session;
 use ort::value::Tensor;
 use rand::{Rng, SeedableRng};
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+#[path = "common/harness.rs"]
+mod harness;
+use harness::env_or;
 
 fn median(mut times: Vec<Duration>) -> Duration {
     times.sort();

@@ -21,12 +21,9 @@ use std::time::{Duration, Instant};
 use gannet::{Gannet, Precision};
 use rand::{Rng, SeedableRng};
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+#[path = "common/harness.rs"]
+mod harness;
+use harness::env_or;
 
 const BATCH: usize = 1_000;
 

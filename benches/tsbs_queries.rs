@@ -14,16 +14,13 @@ use std::time::Instant;
 
 use gannet::storage::{Engine, EngineConfig, Precision};
 
+#[path = "common/harness.rs"]
+mod harness;
+use harness::env_or;
+
 #[allow(dead_code)]
 #[path = "common/tsbs.rs"]
 mod tsbs;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 const DUCKDB: &str = r#"
 import sys, json, time, statistics, duckdb

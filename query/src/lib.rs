@@ -35,6 +35,7 @@ pub mod catalog;
 pub mod dml;
 pub mod error;
 pub mod functions;
+mod merge;
 pub mod onnx;
 pub mod scoring;
 pub mod system;
@@ -92,9 +93,7 @@ impl QueryEngine {
 
     /// A query engine over `engine` whose ONNX functions use `models`.
     pub fn with_models(engine: Arc<Engine>, models: Arc<onnx::ModelRegistry>) -> QueryEngine {
-        // Merged windows may take a quarter of the write buffer's memory limit.
-        let merged = Arc::new(table::MergedWindows::new(engine.config().memory_limit / 4));
-        let engine_memory_limit = engine.config().memory_limit;
+        let (merged, runtime) = query_memory(engine.config().memory_limit);
         QueryEngine {
             engine,
             log: system::QueryLog::default(),
@@ -102,7 +101,7 @@ impl QueryEngine {
             merged,
             models,
             scoring: Arc::default(),
-            runtime: memory_limited(engine_memory_limit),
+            runtime,
             turns: Arc::new(tokio::sync::Semaphore::new(DEFAULT_CONCURRENT_QUERIES)),
         }
     }
@@ -124,10 +123,11 @@ impl QueryEngine {
 
     /// Bounds the memory all running queries may hold together (sorts, joins, aggregates;
     /// what can spill to disk spills first). A query that needs more fails with SQLSTATE
-    /// 53200, naming the limit and the largest consumers. The default is the write buffer's
-    /// memory limit.
+    /// 53200, naming the limit and the largest consumers. An eighth of the limit goes to
+    /// merges of buffered and overlapping data kept for later queries. The default is the
+    /// write buffer's memory limit.
     pub fn with_memory_limit(mut self, bytes: usize) -> QueryEngine {
-        self.runtime = memory_limited(bytes);
+        (self.merged, self.runtime) = query_memory(bytes);
         self.states.lock().expect("session states lock").clear();
         self
     }
@@ -430,11 +430,15 @@ const DEFAULT_CONCURRENT_QUERIES: usize = 64;
 
 /// A runtime whose memory pool holds at most `bytes` (DataFusion's greedy pool, reporting
 /// its top consumers when a query runs out).
-fn memory_limited(bytes: usize) -> Arc<RuntimeEnv> {
-    RuntimeEnvBuilder::new()
-        .with_memory_limit(bytes, 1.0)
+/// The query memory limit shared out: an eighth for merges kept between queries, the rest
+/// for the memory pool of running queries.
+fn query_memory(bytes: usize) -> (Arc<table::MergedWindows>, Arc<RuntimeEnv>) {
+    let cache = bytes / 8;
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_limit(bytes - cache, 1.0)
         .build_arc()
-        .expect("a runtime with default disk and cache settings builds")
+        .expect("a runtime with default disk and cache settings builds");
+    (Arc::new(table::MergedWindows::new(cache)), runtime)
 }
 
 /// The error of a statement that would write on a read-only connection.

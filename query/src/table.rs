@@ -2,18 +2,22 @@
 //!
 //! A scan takes one consistent snapshot of the table (buffered batches, segments,
 //! tombstones) and plans it window by window (storage partitions time into windows, and a
-//! point's versions all live in its window):
+//! point's versions all live in its window and share its time):
 //!
-//! - Windows and segments outside the query's time range are dropped before anything is
-//!   opened ([`TimeRange`], from the pushed-down filters).
-//! - A window held by one segment alone, with no buffered rows and no delete hiding any of
-//!   its rows, is read straight from Parquet: one `DataSourceExec` over all such files, with
-//!   the query's filters as the Parquet predicate (row groups and pages pruned by their
-//!   statistics) and its projection.
-//! - Every other window is merged at plan time ([`TableSnapshot::read_merged`]): all its
-//!   segments and buffered batches, deletes applied, each point once with the last write
-//!   winning field by field. The merge is kept ([`MergedWindows`]) and reused by later
-//!   queries for as long as the window holds the same segments, writes and deletes.
+//! - Each window is cut into runs: segments and buffered writes whose time spans overlap,
+//!   and so may hold versions of the same point ([`ScanPlan`]). Runs outside the query's
+//!   time range ([`TimeRange`], from the pushed-down filters) are dropped before anything
+//!   is opened.
+//! - A run of one segment that no delete touches is read straight from Parquet: one
+//!   `DataSourceExec` over all such files, with the query's filters as the Parquet
+//!   predicate (row groups and pages pruned by their statistics) and its projection.
+//! - A run of one buffered write in which no point appears twice is read from memory as
+//!   it is (data written in time order is all read this way).
+//! - Every other run is merged when the plan runs ([`MergeExec`]): its segments and
+//!   buffered batches, deletes applied, each point once with the last write winning field
+//!   by field. The merge is kept ([`MergedWindows`]) and reused by later queries for as
+//!   long as the run holds the same segments, writes and deletes; a run that only gained
+//!   writes merges them into the kept rows.
 //!
 //! The Parquet reader holds the snapshot, so compaction cannot delete a file the plan will
 //! read.
@@ -51,6 +55,8 @@ use gannet_storage::buffer::Buffered;
 use gannet_storage::catalog::SegmentMeta;
 use gannet_storage::{Engine, TableSnapshot};
 
+use crate::merge::{MergeExec, MergeRun};
+
 #[derive(Debug)]
 pub struct GannetTable {
     engine: Arc<Engine>,
@@ -78,26 +84,36 @@ impl GannetTable {
     }
 }
 
-/// Merged windows kept between queries: merging a window (sorting and deduplicating its
-/// segments and buffered batches) is the costly part of a scan, and a window no longer
-/// written to merges to the same rows every time. An entry is used only while the window
-/// holds exactly what it was merged from (same segments, same buffered writes, no newer
-/// delete); the cache holds at most `limit` bytes.
+/// Merges kept between queries: merging (sorting and deduplicating a run's segments and
+/// buffered batches) is the costly part of a scan, and a run no longer written to merges to
+/// the same rows every time. An entry is used whole only while its run holds exactly what
+/// it was merged from (same segments, same buffered writes, no newer delete); a run that
+/// only gained writes since is merged from the entry and the new writes. The cache holds
+/// at most `limit` bytes.
 #[derive(Debug)]
 pub struct MergedWindows {
-    entries: Mutex<HashMap<WindowKey, (WindowContents, RecordBatch)>>,
+    entries: Mutex<HashMap<RunKey, (RunContents, RecordBatch)>>,
     limit: usize,
 }
 
-/// A window of a table: (database, table, window start).
-type WindowKey = (String, String, i64);
+/// A run of a table: (database, table, window start, the run's oldest segment, or with the
+/// top bit set, its oldest buffered write).
+pub(crate) type RunKey = (String, String, i64, u64);
 
-/// What a merged window was made of.
+/// What a merged run was made of.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct WindowContents {
+pub(crate) struct RunContents {
     segments: Vec<u64>,
     buffered: Vec<(u64, usize)>,
     newest_delete: Option<u64>,
+}
+
+/// What the cache holds for a run.
+pub(crate) enum Cached {
+    /// The merge of exactly what the run holds.
+    Whole(RecordBatch),
+    /// The merge of the run's segments and its first `n` buffered writes.
+    Prefix(RecordBatch, usize),
 }
 
 impl MergedWindows {
@@ -108,18 +124,31 @@ impl MergedWindows {
         }
     }
 
-    fn get(&self, key: &WindowKey, contents: &WindowContents) -> Option<RecordBatch> {
-        let entries = self.entries.lock().expect("merged windows lock");
-        entries
-            .get(key)
-            .filter(|(c, _)| c == contents)
-            .map(|(_, batch)| batch.clone())
+    /// The bytes the cache may hold.
+    pub fn limit(&self) -> usize {
+        self.limit
     }
 
-    fn put(&self, key: WindowKey, contents: WindowContents, batch: &RecordBatch) {
+    pub(crate) fn get(&self, key: &RunKey, contents: &RunContents) -> Option<Cached> {
+        let entries = self.entries.lock().expect("merged windows lock");
+        let (cached, batch) = entries.get(key)?;
+        if cached == contents {
+            Some(Cached::Whole(batch.clone()))
+        } else if cached.segments == contents.segments
+            && cached.newest_delete == contents.newest_delete
+            && contents.buffered.starts_with(&cached.buffered)
+        {
+            Some(Cached::Prefix(batch.clone(), cached.buffered.len()))
+        } else {
+            None
+        }
+    }
+
+    /// Keeps `batch` if it fits; returns whether it did.
+    pub(crate) fn put(&self, key: RunKey, contents: RunContents, batch: &RecordBatch) -> bool {
         let size = batch.get_array_memory_size();
         if size > self.limit / 4 {
-            return;
+            return false;
         }
         let mut entries = self.entries.lock().expect("merged windows lock");
         entries.remove(&key);
@@ -136,6 +165,7 @@ impl MergedWindows {
             }
         }
         entries.insert(key, (contents, batch.clone()));
+        true
     }
 }
 
@@ -207,7 +237,7 @@ impl TableProvider for GannetTable {
         })?;
         let snapshot = Arc::new(snapshot);
         let range = TimeRange::from_filters(filters);
-        let plan = WindowPlan::new(&snapshot, range);
+        let plan = ScanPlan::new(&snapshot, range);
 
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         if !plan.direct.is_empty() {
@@ -220,40 +250,58 @@ impl TableProvider for GannetTable {
                 limit,
             )?);
         }
-        if !plan.merged.is_empty() {
-            let newest_delete = snapshot.tombstones.iter().map(|t| t.seq).max();
-            let mut batches = Vec::new();
-            for (window, (segments, buffered)) in &plan.merged {
-                let key = (self.db.clone(), self.table.clone(), *window);
-                let contents = WindowContents {
-                    segments: segments.iter().map(|s| s.id.0).collect(),
-                    buffered: buffered
-                        .iter()
-                        .map(|b| (b.seq, b.batch.num_rows()))
-                        .collect(),
-                    newest_delete,
-                };
-                let merged = match self.merged.get(&key, &contents) {
-                    Some(merged) => merged,
-                    None => {
-                        let merged = snapshot
-                            .read_merged(
-                                segments.iter().copied(),
-                                buffered.iter().map(|b| &b.batch),
-                            )
-                            .map_err(|e| DataFusionError::External(Box::new(e)))?;
-                        self.merged.put(key, contents, &merged);
-                        merged
-                    }
-                };
-                // The snapshot's schema may have grown since planning began: keep the planned one.
-                batches.push(gannet_storage::buffer::widen(&merged, &self.schema));
+        if !plan.direct_buffered.is_empty() {
+            let partitions = state.config().target_partitions().max(1);
+            let mut groups = vec![Vec::new(); partitions.min(plan.direct_buffered.len())];
+            let count = groups.len();
+            for (i, write) in plan.direct_buffered.iter().enumerate() {
+                // The table may have gained columns since the write: keep the planned schema.
+                groups[i % count].push(gannet_storage::buffer::widen(&write.batch, &self.schema));
             }
             inputs.push(MemorySourceConfig::try_new_exec(
-                &[batches],
+                &groups,
                 self.schema.clone(),
                 projection.cloned(),
             )?);
+        }
+        if !plan.merged.is_empty() {
+            let newest_delete = snapshot.tombstones.iter().map(|t| t.seq).max();
+            let runs = plan
+                .merged
+                .iter()
+                .map(|run| MergeRun {
+                    key: (
+                        self.db.clone(),
+                        self.table.clone(),
+                        run.window,
+                        match (run.segments.first(), run.buffered.first()) {
+                            (Some((_, segment)), _) => segment.id.0,
+                            (None, Some(write)) => write.seq | 1 << 63,
+                            (None, None) => u64::MAX,
+                        },
+                    ),
+                    contents: RunContents {
+                        segments: run.segments().map(|s| s.id.0).collect(),
+                        buffered: run
+                            .buffered
+                            .iter()
+                            .map(|b| (b.seq, b.batch.num_rows()))
+                            .collect(),
+                        newest_delete,
+                    },
+                    segments: run.segments().cloned().collect(),
+                    buffered: run.buffered.iter().map(|b| b.batch.clone()).collect(),
+                })
+                .collect();
+            let partitions = state.config().target_partitions().max(1);
+            inputs.push(Arc::new(MergeExec::new(
+                snapshot.clone(),
+                self.merged.clone(),
+                self.schema.clone(),
+                projection.cloned(),
+                runs,
+                partitions,
+            )?));
         }
         Ok(match inputs.len() {
             0 => {
@@ -336,47 +384,100 @@ impl ParquetFileReaderFactory for PinningReaderFactory {
     }
 }
 
-/// What a scan reads, window by window, within its time range.
+/// What a scan reads within its time range.
+///
+/// A point's versions all live in its window and share its time, so only segments and
+/// buffered writes of one window whose time spans overlap can hold versions of the same
+/// point. Each window is cut into runs of overlapping spans. A run of one segment that no
+/// delete touches, or of one buffered write that repeats no point, is read as it is; every
+/// other run is merged. Data written in time order (each write after the one before, as
+/// most writers send it) makes runs of one: nothing to merge.
 #[derive(Debug, Default)]
-struct WindowPlan<'a> {
-    /// Segments read straight from Parquet: each alone in its window.
+struct ScanPlan<'a> {
+    /// Segments read straight from Parquet.
     direct: Vec<&'a SegmentMeta>,
-    /// Windows merged in memory: all their segments and buffered batches, oldest first
-    /// (whole windows, so that a merge serves every query that touches the window).
-    #[allow(clippy::type_complexity)]
-    merged: BTreeMap<i64, (Vec<&'a SegmentMeta>, Vec<&'a Buffered>)>,
+    /// Buffered writes read as they are.
+    direct_buffered: Vec<&'a Buffered>,
+    merged: Vec<Run<'a>>,
 }
 
-impl<'a> WindowPlan<'a> {
-    fn new(snapshot: &'a TableSnapshot, range: TimeRange) -> WindowPlan<'a> {
-        let mut windows: BTreeMap<i64, (Vec<&SegmentMeta>, Vec<&Buffered>)> = BTreeMap::new();
-        let mut touched = std::collections::BTreeSet::new();
-        for segment in &snapshot.segments {
-            windows
-                .entry(segment.window_start)
-                .or_default()
-                .0
-                .push(segment);
-            if range.overlaps(segment.min_time, segment.max_time) {
-                touched.insert(segment.window_start);
-            }
+/// Segments and buffered writes of one window whose time spans overlap.
+#[derive(Debug)]
+struct Run<'a> {
+    window: i64,
+    min_time: i64,
+    max_time: i64,
+    /// With their places in the snapshot (oldest writes first).
+    segments: Vec<(usize, &'a SegmentMeta)>,
+    buffered: Vec<&'a Buffered>,
+    /// Must be merged even alone: a buffered write that repeats a point, a segment with
+    /// deletes, or overlapping spans that may hold versions of one point.
+    must_merge: bool,
+}
+
+impl<'a> Run<'a> {
+    fn absorb(&mut self, other: Run<'a>) {
+        self.max_time = self.max_time.max(other.max_time);
+        self.segments.extend(other.segments);
+        self.buffered.extend(other.buffered);
+        self.must_merge = true;
+    }
+
+    /// The run's segments and buffered writes, each oldest first.
+    fn segments(&self) -> impl Iterator<Item = &'a SegmentMeta> + '_ {
+        self.segments.iter().map(|(_, s)| *s)
+    }
+}
+
+impl<'a> ScanPlan<'a> {
+    fn new(snapshot: &'a TableSnapshot, range: TimeRange) -> ScanPlan<'a> {
+        let mut windows: BTreeMap<i64, Vec<Run<'a>>> = BTreeMap::new();
+        for (i, segment) in snapshot.segments.iter().enumerate() {
+            windows.entry(segment.window_start).or_default().push(Run {
+                window: segment.window_start,
+                min_time: segment.min_time,
+                max_time: segment.max_time,
+                segments: vec![(i, segment)],
+                buffered: Vec::new(),
+                must_merge: snapshot.has_deletes(segment),
+            });
         }
-        for buffered in &snapshot.buffer {
-            windows.entry(buffered.window).or_default().1.push(buffered);
-            let last = buffered.window.saturating_add(snapshot.window - 1);
-            if range.overlaps(buffered.window, last) {
-                touched.insert(buffered.window);
-            }
-        }
-        let mut plan = WindowPlan::default();
-        for (window, (segments, buffered)) in windows {
-            if !touched.contains(&window) {
+        for write in &snapshot.buffer {
+            if write.batch.num_rows() == 0 {
                 continue;
             }
-            match (segments.as_slice(), buffered.is_empty()) {
-                ([only], true) if !snapshot.has_deletes(only) => plan.direct.push(only),
-                _ => {
-                    plan.merged.insert(window, (segments, buffered));
+            windows.entry(write.window).or_default().push(Run {
+                window: write.window,
+                min_time: write.min_time,
+                max_time: write.max_time,
+                segments: Vec::new(),
+                buffered: vec![write],
+                must_merge: false,
+            });
+        }
+
+        let mut plan = ScanPlan::default();
+        for (_, mut spans) in windows {
+            spans.sort_by_key(|run| run.min_time);
+            let mut runs: Vec<Run<'a>> = Vec::new();
+            for span in spans {
+                match runs.last_mut() {
+                    Some(last) if span.min_time <= last.max_time => last.absorb(span),
+                    _ => runs.push(span),
+                }
+            }
+            for mut run in runs {
+                if !range.overlaps(run.min_time, run.max_time) {
+                    continue;
+                }
+                match (run.segments.as_slice(), run.buffered.as_slice()) {
+                    ([(_, only)], []) if !run.must_merge => plan.direct.push(only),
+                    ([], [only]) if only.has_unique_points() => plan.direct_buffered.push(only),
+                    _ => {
+                        run.segments.sort_by_key(|(i, _)| *i);
+                        run.buffered.sort_by_key(|b| b.seq);
+                        plan.merged.push(run);
+                    }
                 }
             }
         }

@@ -610,3 +610,197 @@ async fn merged_windows_are_reused_only_while_the_window_is_unchanged() {
         .unwrap();
     assert_eq!(scalar(&query, "m", sum).await, "1024.0");
 }
+
+#[tokio::test]
+async fn points_written_in_time_order_are_read_without_merging() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    let write = |body: &[u8]| engine.write_lp("m", body, Precision::Second).unwrap();
+    // One window, filled in time order: two flushes, then buffered writes.
+    write(b"cpu,host=a u=1 10\ncpu,host=b u=2 20");
+    engine.flush().unwrap();
+    write(b"cpu,host=a u=3 30\ncpu,host=b u=4 40");
+    engine.flush().unwrap();
+    write(b"cpu,host=a u=5 50");
+    write(b"cpu,host=a u=6 50\ncpu,host=b u=7 60");
+    let query = QueryEngine::new(engine.clone());
+    let sql = "SELECT host, u FROM cpu";
+    let plan = physical_plan(&query, sql).await;
+    assert_eq!(plan.matches(".parquet").count(), 2, "{plan}");
+    assert!(
+        plan.contains("MergeExec: table=cpu, partitions=1, runs=1, segments=0, buffered_writes=2"),
+        "{plan}"
+    );
+    assert_eq!(scalar(&query, "m", "SELECT sum(u) FROM cpu").await, "23.0");
+
+    // A time range past the segments leaves them out; one before the buffered writes
+    // leaves the merge out.
+    let late = "SELECT u FROM cpu WHERE time >= '1970-01-01T00:00:45Z'";
+    assert!(!physical_plan(&query, late).await.contains(".parquet"));
+    let early = "SELECT u FROM cpu WHERE time < '1970-01-01T00:00:45Z'";
+    assert!(!physical_plan(&query, early).await.contains("MergeExec"));
+
+    // A write back in time overlaps the second segment: the two are merged, the first
+    // segment is still read as it is.
+    write(b"cpu,host=b u=40 40");
+    let plan = physical_plan(&query, sql).await;
+    assert_eq!(plan.matches(".parquet").count(), 1, "{plan}");
+    assert!(
+        plan.contains("runs=2, segments=1, buffered_writes=3"),
+        "{plan}"
+    );
+    assert_eq!(scalar(&query, "m", "SELECT sum(u) FROM cpu").await, "59.0");
+
+    // A write after all the others, with no point twice, is read from memory as it is.
+    write(b"cpu,host=a u=8 70\ncpu,host=b u=9 70");
+    let plan = physical_plan(&query, sql).await;
+    assert!(plan.contains("partition_sizes=[1]"), "{plan}");
+    assert!(
+        plan.contains("runs=2, segments=1, buffered_writes=3"),
+        "{plan}"
+    );
+    assert_eq!(scalar(&query, "m", "SELECT sum(u) FROM cpu").await, "76.0");
+    // Unless it repeats a point.
+    write(b"cpu,host=a u=10 80\ncpu,host=a u=11 80");
+    let plan = physical_plan(&query, sql).await;
+    assert!(
+        plan.contains("runs=3, segments=1, buffered_writes=4"),
+        "{plan}"
+    );
+    assert_eq!(scalar(&query, "m", "SELECT sum(u) FROM cpu").await, "87.0");
+}
+
+mod model {
+    //! Scans against a model of what they must return, for any order of writes, flushes,
+    //! compactions and deletes.
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Points (host, second, u, v); `None` leaves a field out of the line.
+        Write(Vec<(u8, i64, Option<i64>, Option<i64>)>),
+        Flush,
+        Compact,
+        DeleteHost(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        // Few distinct times, so that writes repeat points and overlap one another.
+        let point = (
+            0u8..3,
+            (0i64..30).prop_map(|t| t * 50),
+            proptest::option::of(0i64..100),
+            proptest::option::of(0i64..100),
+        )
+            .prop_filter("a line has a field", |p| p.2.is_some() || p.3.is_some());
+        prop_oneof![
+            6 => proptest::collection::vec(point, 1..6).prop_map(Op::Write),
+            2 => Just(Op::Flush),
+            1 => Just(Op::Compact),
+            1 => (0u8..3).prop_map(Op::DeleteHost),
+        ]
+    }
+
+    type Model = BTreeMap<(String, i64), (Option<i64>, Option<i64>)>;
+
+    fn apply(engine: &Engine, model: &mut Model, op: &Op) {
+        match op {
+            Op::Write(points) => {
+                let mut body = String::new();
+                for (host, t, u, v) in points {
+                    let fields: Vec<String> = [("u", u), ("v", v)]
+                        .iter()
+                        .filter_map(|(name, value)| value.map(|x| format!("{name}={x}i")))
+                        .collect();
+                    body.push_str(&format!("cpu,host=h{host} {} {t}\n", fields.join(",")));
+                    let entry = model.entry((format!("h{host}"), *t)).or_default();
+                    entry.0 = u.or(entry.0);
+                    entry.1 = v.or(entry.1);
+                }
+                engine
+                    .write_lp("m", body.as_bytes(), Precision::Second)
+                    .unwrap();
+            }
+            Op::Flush => engine.flush().unwrap(),
+            Op::Compact => {
+                engine.compact().unwrap();
+            }
+            Op::DeleteHost(host) => {
+                let predicate = DeletePredicate {
+                    tags: vec![("host".into(), format!("h{host}"))],
+                    ..DeletePredicate::all()
+                };
+                engine.delete("m", "cpu", predicate).unwrap();
+                model.retain(|(h, _), _| *h != format!("h{host}"));
+            }
+        }
+    }
+
+    fn expected(model: &Model, from: i64, to: i64) -> String {
+        model
+            .iter()
+            .filter(|((_, t), _)| (from..to).contains(t))
+            .map(|((h, t), (u, v))| {
+                let show = |x: &Option<i64>| x.map_or("NULL".to_string(), |x| x.to_string());
+                format!("{h} {t} {} {}", show(u), show(v))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    async fn actual(query: &QueryEngine, from: i64, to: i64) -> String {
+        let sql = format!(
+            "SELECT concat_ws(' ', host, CAST(time AS BIGINT) / 1000000000, \
+             coalesce(CAST(u AS VARCHAR), 'NULL'), coalesce(CAST(v AS VARCHAR), 'NULL')) AS row \
+             FROM cpu WHERE time >= to_timestamp({from}) AND time < to_timestamp({to}) \
+             ORDER BY host, time"
+        );
+        let batches = query
+            .sql("m", &sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let mut rows = Vec::new();
+        for batch in &batches {
+            let column =
+                arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
+            let column = arrow::array::AsArray::as_string::<i32>(&column);
+            rows.extend(column.iter().map(|r| r.unwrap().to_string()));
+        }
+        rows.join("\n")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn scans_return_the_last_write_of_every_point(
+            ops in proptest::collection::vec(op(), 1..16),
+            from in 0i64..1500,
+            width in 1i64..1500,
+        ) {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let engine = engine(dir.path());
+            let query = QueryEngine::new(engine.clone());
+            let mut model = Model::new();
+            // Both fields exist from the start, so that every query can name them.
+            apply(&engine, &mut model, &Op::Write(vec![(9, 1499, Some(0), Some(0))]));
+            for op in &ops {
+                apply(&engine, &mut model, op);
+                // A query after every step, so that kept merges meet later writes.
+                let all = runtime.block_on(actual(&query, 0, 1500));
+                prop_assert_eq!(all, expected(&model, 0, 1500), "after {:?}", op);
+            }
+            let to = from + width;
+            let part = runtime.block_on(actual(&query, from, to));
+            prop_assert_eq!(part, expected(&model, from, to));
+        }
+    }
+}

@@ -6,7 +6,7 @@
 //! the reader's and the persister's job, done once over a sorted run, not on every write.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use arrow::array::{Array, BooleanArray, TimestampNanosecondArray};
@@ -25,18 +25,34 @@ pub struct ChunkKey {
     pub window_start: i64,
 }
 
-/// A buffered batch: the start of its window, the WAL sequence number that wrote it.
+/// A buffered batch: the start of its window, the WAL sequence number that wrote it, and
+/// the times it holds (inclusive; a delete may since have removed the rows at either end).
 #[derive(Debug, Clone)]
 pub struct Buffered {
     pub window: i64,
     pub seq: u64,
     pub batch: RecordBatch,
+    pub min_time: i64,
+    pub max_time: i64,
+    /// Whether no point appears twice in the batch: found out when first asked, and shared
+    /// by every snapshot's copy. (A delete only removes rows, so it stays true.)
+    unique: Arc<OnceLock<bool>>,
+}
+
+impl Buffered {
+    /// Whether no point appears twice in the batch, so that it needs no deduplication when
+    /// nothing else holds its points.
+    pub fn has_unique_points(&self) -> bool {
+        *self
+            .unique
+            .get_or_init(|| crate::dedup::has_unique_points(&self.batch).unwrap_or(false))
+    }
 }
 
 #[derive(Debug)]
 pub struct Chunk {
-    /// (WAL sequence number, batch), in sequence order.
-    pub batches: Vec<(u64, RecordBatch)>,
+    /// The batches of the writes that reached this window, in sequence order.
+    pub batches: Vec<Buffered>,
     pub rows: usize,
     pub bytes: usize,
     /// When the oldest batch still here arrived.
@@ -45,7 +61,7 @@ pub struct Chunk {
 
 impl Chunk {
     fn min_seq(&self) -> Option<u64> {
-        self.batches.first().map(|(seq, _)| *seq)
+        self.batches.first().map(|b| b.seq)
     }
 }
 
@@ -84,7 +100,7 @@ impl Buffer {
         );
         self.last_seq = self.last_seq.max(seq);
         for TableBatch { table, batch } in tables {
-            for (window_start, part) in self.split_by_window(batch) {
+            for (window_start, part, (min_time, max_time)) in self.split_by_window(batch) {
                 let bytes = part.get_array_memory_size();
                 let rows = part.num_rows();
                 let chunk = self
@@ -101,7 +117,14 @@ impl Buffer {
                 if chunk.batches.is_empty() {
                     chunk.since = Instant::now();
                 }
-                chunk.batches.push((seq, part));
+                chunk.batches.push(Buffered {
+                    window: window_start,
+                    seq,
+                    batch: part,
+                    min_time,
+                    max_time,
+                    unique: Arc::default(),
+                });
                 chunk.rows += rows;
                 chunk.bytes += bytes;
                 self.rows += rows;
@@ -110,7 +133,8 @@ impl Buffer {
         }
     }
 
-    fn split_by_window(&self, batch: RecordBatch) -> Vec<(i64, RecordBatch)> {
+    /// The parts of `batch` in each window, with the least and greatest time of each.
+    fn split_by_window(&self, batch: RecordBatch) -> Vec<(i64, RecordBatch, (i64, i64))> {
         let times = batch
             .column_by_name(TIME_COLUMN)
             .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
@@ -119,13 +143,16 @@ impl Buffer {
         if times.is_empty() {
             return Vec::new();
         }
-        let first = self.window_start(times.value(0));
-        if times
-            .values()
-            .iter()
-            .all(|&t| self.window_start(t) == first)
-        {
-            return vec![(first, batch)];
+        let span = |times: &[i64]| {
+            let (min, max) = times
+                .iter()
+                .fold((i64::MAX, i64::MIN), |(lo, hi), &t| (lo.min(t), hi.max(t)));
+            (min, max)
+        };
+        let (min, max) = span(times.values());
+        let first = self.window_start(min);
+        if self.window_start(max) == first {
+            return vec![(first, batch, (min, max))];
         }
         let mut windows: Vec<i64> = times
             .values()
@@ -140,26 +167,24 @@ impl Buffer {
             .map(|w| {
                 let mask = BooleanArray::from_iter(per_row.iter().map(|&r| Some(r == w)));
                 let part = filter_record_batch(&batch, &mask).expect("mask has the batch's length");
-                (w, part)
+                let part_times = part
+                    .column_by_name(TIME_COLUMN)
+                    .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
+                    .expect("the part keeps the time column");
+                let bounds = span(part_times.values());
+                (w, part, bounds)
             })
             .collect()
     }
 
-    /// The batches of a table, oldest write first.
     /// A table's buffered batches, oldest write first.
     pub fn table_batches(&self, db: &str, table: &str) -> Vec<Buffered> {
         let Some(chunks) = self.tables.get(&(db.to_owned(), table.to_owned())) else {
             return Vec::new();
         };
         let mut all: Vec<Buffered> = chunks
-            .iter()
-            .flat_map(|(window, c)| {
-                c.batches.iter().map(move |(seq, batch)| Buffered {
-                    window: *window,
-                    seq: *seq,
-                    batch: batch.clone(),
-                })
-            })
+            .values()
+            .flat_map(|c| c.batches.iter().cloned())
             .collect();
         all.sort_by_key(|b| b.seq);
         all
@@ -198,8 +223,8 @@ impl Buffer {
         };
         let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut chunk.batches)
             .into_iter()
-            .partition(|(seq, _)| *seq <= max_seq);
-        for (_, batch) in &gone {
+            .partition(|b| b.seq <= max_seq);
+        for Buffered { batch, .. } in &gone {
             let (rows, bytes) = (batch.num_rows(), batch.get_array_memory_size());
             chunk.rows -= rows;
             chunk.bytes -= bytes;
@@ -248,7 +273,7 @@ impl Buffer {
             if start > predicate.max_time || start.saturating_add(window) <= predicate.min_time {
                 continue;
             }
-            for (_, batch) in chunk.batches.iter_mut() {
+            for Buffered { batch, .. } in chunk.batches.iter_mut() {
                 let kept = predicate.retain_unmatched(batch);
                 let gone = batch.num_rows() - kept.num_rows();
                 if gone > 0 {
@@ -267,7 +292,7 @@ impl Buffer {
                     *batch = kept;
                 }
             }
-            chunk.batches.retain(|(_, b)| b.num_rows() > 0);
+            chunk.batches.retain(|b| b.batch.num_rows() > 0);
         }
         chunks.retain(|_, c| !c.batches.is_empty());
         if chunks.is_empty() {

@@ -12,7 +12,7 @@ use arrow::compute::{concat_batches, take};
 use arrow::datatypes::SchemaRef;
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
-use arrow::row::{RowConverter, SortField};
+use arrow::row::{RowConverter, Rows, SortField};
 
 use crate::catalog::{COLUMN_KIND_KEY, TIME_COLUMN};
 
@@ -43,13 +43,7 @@ pub fn dedup_sort(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordB
         return Ok(all);
     }
     let keys = key_columns(schema);
-    let converter = RowConverter::new(
-        keys.iter()
-            .map(|&i| SortField::new(schema.field(i).data_type().clone()))
-            .collect(),
-    )?;
-    let key_arrays: Vec<ArrayRef> = keys.iter().map(|&i| all.column(i).clone()).collect();
-    let rows = converter.convert_columns(&key_arrays)?;
+    let rows = key_rows(&all, &keys)?;
 
     let mut order: Vec<u32> = (0..n as u32).collect();
     let sorted = (1..n).all(|i| rows.row(i - 1) < rows.row(i));
@@ -102,6 +96,30 @@ pub fn dedup_sort(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordB
         *slot = Some(picks);
     }
     take_all(&all, schema, |c| per_column[c].as_ref().unwrap_or(&ident))
+}
+
+/// Whether no two rows of `batch` are the same point (same tags, same time). The batch may
+/// hold any subset of its table's columns.
+pub fn has_unique_points(batch: &RecordBatch) -> Result<bool, ArrowError> {
+    let rows = key_rows(batch, &key_columns(&batch.schema()))?;
+    if (1..rows.num_rows()).all(|i| rows.row(i - 1) < rows.row(i)) {
+        return Ok(true);
+    }
+    let mut seen = std::collections::HashSet::with_capacity(rows.num_rows());
+    Ok(rows.iter().all(|row| seen.insert(row)))
+}
+
+/// The identities of `batch`'s rows (its `keys` columns) in a form that compares as they
+/// sort.
+fn key_rows(batch: &RecordBatch, keys: &[usize]) -> Result<Rows, ArrowError> {
+    let schema = batch.schema();
+    let converter = RowConverter::new(
+        keys.iter()
+            .map(|&i| SortField::new(schema.field(i).data_type().clone()))
+            .collect(),
+    )?;
+    let key_arrays: Vec<ArrayRef> = keys.iter().map(|&i| batch.column(i).clone()).collect();
+    converter.convert_columns(&key_arrays)
 }
 
 fn take_all<'a>(
@@ -169,6 +187,20 @@ mod tests {
         let (schema, input) = batches(&["m,h=a v=1 1\nm v=2 1\nm,h=a,z=1 v=3 1\nm v=5 1"]);
         let out = dedup_sort(&schema, &input).unwrap();
         assert_eq!(out.num_rows(), 3);
+    }
+
+    #[test]
+    fn unique_points_are_told_from_repeated_ones() {
+        let (_, input) = batches(&[
+            "m,h=b v=1 2\nm,h=a v=1 1\nm v=1 1\nm,h=a v=1 2",
+            "m,h=a v=1 1\nm,h=b v=1 1\nm,h=a v=2 1",
+            "m v=1 1\nm,h=a v=1 1\nm v=2 1",
+        ]);
+        let unique: Vec<bool> = input
+            .iter()
+            .map(|b| has_unique_points(b).unwrap())
+            .collect();
+        assert_eq!(unique, [true, false, false]);
     }
 
     #[test]

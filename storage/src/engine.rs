@@ -115,6 +115,19 @@ impl TableSnapshot {
         batches.extend(buffered.into_iter().map(|b| widen(b, &self.schema)));
         Ok(dedup_sort(&self.schema, &batches)?)
     }
+
+    /// `merged` (a [`TableSnapshot::read_merged`] result) with newer buffered batches of
+    /// the same points merged in. `merged` is sorted already, so this costs a merge of two
+    /// sorted runs rather than a sort of everything.
+    pub fn merge_newer<'a>(
+        &self,
+        merged: RecordBatch,
+        newer: impl IntoIterator<Item = &'a RecordBatch>,
+    ) -> Result<RecordBatch> {
+        let mut batches = vec![widen(&merged, &self.schema)];
+        batches.extend(newer.into_iter().map(|b| widen(b, &self.schema)));
+        Ok(dedup_sort(&self.schema, &batches)?)
+    }
 }
 
 /// Where a flush stands, for tests and metrics.
@@ -671,14 +684,14 @@ impl Engine {
             let Some(chunk) = buffer.chunk(key) else {
                 return Ok(());
             };
-            let Some(&(max_seq, _)) = chunk.batches.last() else {
+            let Some(max_seq) = chunk.batches.last().map(|b| b.seq) else {
                 return Ok(());
             };
             (
                 chunk
                     .batches
                     .iter()
-                    .map(|(_, b)| b.clone())
+                    .map(|b| b.batch.clone())
                     .collect::<Vec<_>>(),
                 max_seq,
             )

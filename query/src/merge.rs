@@ -1,0 +1,244 @@
+//! Merging runs of a table when the plan runs, not when it is made.
+//!
+//! A run (see [`crate::table`]) is a set of segments and buffered writes that may hold
+//! versions of the same points. [`MergeExec`] reads and deduplicates each run on the
+//! blocking pool, so a merge neither holds up planning nor the async threads that serve
+//! connections, and spreads the runs over the session's target partitions. What it holds
+//! while its rows stream on is reserved in the query memory pool; merges kept for later
+//! queries are the [`MergedWindows`] cache's, which has its own share of the query memory
+//! limit.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::memory_pool::MemoryConsumer;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
+use futures::StreamExt;
+use gannet_storage::TableSnapshot;
+use gannet_storage::buffer::widen;
+use gannet_storage::catalog::SegmentMeta;
+
+use crate::table::{Cached, MergedWindows, RunContents, RunKey};
+
+/// One run to merge: what it holds and how the cache knows it.
+#[derive(Debug)]
+pub(crate) struct MergeRun {
+    pub key: RunKey,
+    pub contents: RunContents,
+    /// Oldest writes first.
+    pub segments: Vec<SegmentMeta>,
+    pub buffered: Vec<RecordBatch>,
+}
+
+/// Merges runs of one table snapshot, the runs spread over its partitions.
+#[derive(Debug)]
+pub(crate) struct MergeExec {
+    shared: Arc<Shared>,
+    partitions: Vec<Vec<Arc<MergeRun>>>,
+    properties: Arc<PlanProperties>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// Holds the segment files on disk until the plan is gone.
+    snapshot: Arc<TableSnapshot>,
+    cache: Arc<MergedWindows>,
+    /// The table's schema when the query was planned; the snapshot's may be wider.
+    schema: SchemaRef,
+    projection: Option<Vec<usize>>,
+}
+
+impl MergeExec {
+    pub fn new(
+        snapshot: Arc<TableSnapshot>,
+        cache: Arc<MergedWindows>,
+        schema: SchemaRef,
+        projection: Option<Vec<usize>>,
+        runs: Vec<MergeRun>,
+        target_partitions: usize,
+    ) -> Result<MergeExec> {
+        let projected = match &projection {
+            Some(p) => Arc::new(schema.project(p)?),
+            None => schema.clone(),
+        };
+        // Largest runs first, each to the partition with the fewest rows so far.
+        let count = target_partitions.clamp(1, runs.len().max(1));
+        let mut partitions: Vec<(usize, Vec<Arc<MergeRun>>)> = vec![(0, Vec::new()); count];
+        let mut runs: Vec<(usize, MergeRun)> = runs.into_iter().map(|r| (r.rows(), r)).collect();
+        runs.sort_by_key(|(rows, _)| std::cmp::Reverse(*rows));
+        for (rows, run) in runs {
+            let emptiest = partitions
+                .iter_mut()
+                .min_by_key(|(total, _)| *total)
+                .expect("at least one partition");
+            emptiest.0 += rows;
+            emptiest.1.push(Arc::new(run));
+        }
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(projected),
+            Partitioning::UnknownPartitioning(count),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Ok(MergeExec {
+            shared: Arc::new(Shared {
+                snapshot,
+                cache,
+                schema,
+                projection,
+            }),
+            partitions: partitions.into_iter().map(|(_, runs)| runs).collect(),
+            properties: Arc::new(properties),
+        })
+    }
+}
+
+impl MergeRun {
+    /// The rows the run holds before merging.
+    fn rows(&self) -> usize {
+        let segments: u64 = self.segments.iter().map(|s| s.rows).sum();
+        segments as usize + self.buffered.iter().map(|b| b.num_rows()).sum::<usize>()
+    }
+}
+
+impl Shared {
+    /// The run merged, widened to the planned schema, and whether the cache keeps it.
+    fn merge(&self, run: &MergeRun) -> Result<(RecordBatch, bool)> {
+        let external = |e: gannet_storage::Error| DataFusionError::External(Box::new(e));
+        let merged = match self.cache.get(&run.key, &run.contents) {
+            Some(Cached::Whole(batch)) => return Ok((widen(&batch, &self.schema), true)),
+            Some(Cached::Prefix(batch, n)) => self
+                .snapshot
+                .merge_newer(batch, &run.buffered[n..])
+                .map_err(external)?,
+            None => self
+                .snapshot
+                .read_merged(&run.segments, &run.buffered)
+                .map_err(external)?,
+        };
+        let kept = self
+            .cache
+            .put(run.key.clone(), run.contents.clone(), &merged);
+        Ok((widen(&merged, &self.schema), kept))
+    }
+
+    fn project(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        Ok(match &self.projection {
+            Some(p) => batch.project(p)?,
+            None => batch.clone(),
+        })
+    }
+}
+
+impl DisplayAs for MergeExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let runs: Vec<&Arc<MergeRun>> = self.partitions.iter().flatten().collect();
+        let segments: usize = runs.iter().map(|r| r.segments.len()).sum();
+        let buffered: usize = runs.iter().map(|r| r.buffered.len()).sum();
+        write!(
+            f,
+            "MergeExec: table={}, partitions={}, runs={}, segments={segments}, \
+             buffered_writes={buffered}",
+            self.shared.snapshot.table,
+            self.partitions.len(),
+            runs.len(),
+        )?;
+        if let Some(p) = &self.shared.projection {
+            let names: Vec<&str> = p
+                .iter()
+                .map(|&i| self.shared.schema.field(i).name().as_str())
+                .collect();
+            write!(f, ", projection=[{}]", names.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for MergeExec {
+    fn name(&self) -> &str {
+        "MergeExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(
+            &Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+        ) -> Result<datafusion::common::tree_node::TreeNodeRecursion>,
+    ) -> Result<datafusion::common::tree_node::TreeNodeRecursion> {
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let runs = self.partitions.get(partition).cloned().ok_or_else(|| {
+            DataFusionError::Internal(format!("MergeExec has no partition {partition}"))
+        })?;
+        let shared = self.shared.clone();
+        let batch_size = context.session_config().batch_size().max(1);
+        let reservation =
+            MemoryConsumer::new(format!("MergeExec[{partition}]")).register(context.memory_pool());
+        let schema = self.properties.eq_properties.schema().clone();
+        let merged = futures::stream::iter(runs)
+            .then(move |run| {
+                let shared = shared.clone();
+                async move {
+                    let merging = shared.clone();
+                    let (batch, cached) = tokio::task::spawn_blocking(move || merging.merge(&run))
+                        .await
+                        .map_err(|e| DataFusionError::External(Box::new(e)))??;
+                    Ok::<_, DataFusionError>((shared.project(&batch)?, cached))
+                }
+            })
+            .map(move |merged| {
+                // What this partition holds until its next run: the merge, unless the
+                // cache keeps it (and counts it) anyway.
+                let (batch, cached) = merged?;
+                if cached {
+                    reservation.free();
+                } else {
+                    reservation.try_resize(batch.get_array_memory_size())?;
+                }
+                let slices: Vec<Result<RecordBatch>> = (0..batch.num_rows())
+                    .step_by(batch_size)
+                    .map(
+                        |offset| Ok(batch.slice(offset, batch_size.min(batch.num_rows() - offset))),
+                    )
+                    .collect();
+                Ok::<_, DataFusionError>(slices)
+            })
+            .flat_map(|slices| {
+                futures::stream::iter(match slices {
+                    Ok(slices) => slices,
+                    Err(e) => vec![Err(e)],
+                })
+            });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, merged)))
+    }
+}

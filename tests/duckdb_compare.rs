@@ -43,8 +43,8 @@ const QUERIES: &[(&str, &str)] = &[
     ),
     // lastpoint
     (
-        "SELECT DISTINCT ON (hostname) hostname, time, usage_user, usage_system FROM cpu \
-         ORDER BY hostname, time DESC",
+        "SELECT DISTINCT ON (hostname) hostname, region, rack, time, usage_user, usage_system \
+         FROM cpu ORDER BY hostname, time DESC",
         "",
     ),
     // groupby-orderby-limit

@@ -26,6 +26,7 @@ pub fn register(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::new_from_impl(TimeBucket::new()));
     ctx.register_udaf(AggregateUDF::new_from_impl(Selector::new(Pick::First)));
     ctx.register_udaf(AggregateUDF::new_from_impl(Selector::new(Pick::Last)));
+    crate::first_last::register(ctx);
 }
 
 /// TimescaleDB's origin for buckets: Monday, 2000-01-03T00:00:00Z.

@@ -34,6 +34,7 @@ use gannet_storage::Engine;
 pub mod catalog;
 pub mod dml;
 pub mod error;
+mod first_last;
 pub mod functions;
 mod merge;
 pub mod onnx;

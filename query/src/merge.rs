@@ -37,6 +37,9 @@ pub(crate) struct MergeRun {
     /// Oldest writes first.
     pub segments: Vec<SegmentMeta>,
     pub buffered: Vec<RecordBatch>,
+    /// The run is buffered writes that hold no point twice between them: concatenate them,
+    /// nothing to sort or deduplicate.
+    pub concatenate: bool,
 }
 
 /// Merges runs of one table snapshot, the runs spread over its partitions.
@@ -114,13 +117,26 @@ impl Shared {
     /// The run merged, widened to the planned schema, and whether the cache keeps it.
     fn merge(&self, run: &MergeRun) -> Result<(RecordBatch, bool)> {
         let external = |e: gannet_storage::Error| DataFusionError::External(Box::new(e));
-        let merged = match self.cache.get(&run.key, &run.contents) {
-            Some(Cached::Whole(batch)) => return Ok((widen(&batch, &self.schema), true)),
-            Some(Cached::Prefix(batch, n)) => self
+        let schema = &self.snapshot.schema;
+        let concatenated = |first: Option<&RecordBatch>, rest: &[RecordBatch]| {
+            let batches: Vec<RecordBatch> = first
+                .into_iter()
+                .chain(rest)
+                .map(|b| widen(b, schema))
+                .collect();
+            arrow::compute::concat_batches(schema, &batches)
+        };
+        let merged = match (self.cache.get(&run.key, &run.contents), run.concatenate) {
+            (Some(Cached::Whole(batch)), _) => return Ok((widen(&batch, &self.schema), true)),
+            (Some(Cached::Prefix(batch, n)), true) => {
+                concatenated(Some(&batch), &run.buffered[n..])?
+            }
+            (Some(Cached::Prefix(batch, n)), false) => self
                 .snapshot
                 .merge_newer(batch, &run.buffered[n..])
                 .map_err(external)?,
-            None => self
+            (None, true) => concatenated(None, &run.buffered)?,
+            (None, false) => self
                 .snapshot
                 .read_merged(&run.segments, &run.buffered)
                 .map_err(external)?,
@@ -141,13 +157,16 @@ impl Shared {
 
 impl DisplayAs for MergeExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let runs: Vec<&Arc<MergeRun>> = self.partitions.iter().flatten().collect();
+        let all: Vec<&Arc<MergeRun>> = self.partitions.iter().flatten().collect();
+        let (concatenated, runs): (Vec<&Arc<MergeRun>>, Vec<&Arc<MergeRun>>) =
+            all.iter().partition(|r| r.concatenate);
         let segments: usize = runs.iter().map(|r| r.segments.len()).sum();
         let buffered: usize = runs.iter().map(|r| r.buffered.len()).sum();
+        let appended: usize = concatenated.iter().map(|r| r.buffered.len()).sum();
         write!(
             f,
             "MergeExec: table={}, partitions={}, runs={}, segments={segments}, \
-             buffered_writes={buffered}",
+             buffered_writes={buffered}, unmerged_writes={appended}",
             self.shared.snapshot.table,
             self.partitions.len(),
             runs.len(),

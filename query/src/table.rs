@@ -11,8 +11,9 @@
 //! - A run of one segment that no delete touches is read straight from Parquet: one
 //!   `DataSourceExec` over all such files, with the query's filters as the Parquet
 //!   predicate (row groups and pages pruned by their statistics) and its projection.
-//! - A run of one buffered write in which no point appears twice is read from memory as
-//!   it is (data written in time order is all read this way).
+//! - Runs of one buffered write in which no point appears twice need no merging: a
+//!   window's such writes are only concatenated (data written in time order is all read
+//!   this way), by [`MergeExec`] too, and kept like merges.
 //! - Every other run is merged when the plan runs ([`MergeExec`]): its segments and
 //!   buffered batches, deletes applied, each point once with the last write winning field
 //!   by field. The merge is kept ([`MergedWindows`]) and reused by later queries for as
@@ -34,7 +35,6 @@ use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::parquet::{
     DefaultParquetFileReaderFactory, ParquetFileReaderFactory,
 };
@@ -250,29 +250,22 @@ impl TableProvider for GannetTable {
                 limit,
             )?);
         }
-        if !plan.direct_buffered.is_empty() {
-            let partitions = state.config().target_partitions().max(1);
-            let mut groups = vec![Vec::new(); partitions.min(plan.direct_buffered.len())];
-            let count = groups.len();
-            for (i, write) in plan.direct_buffered.iter().enumerate() {
-                // The table may have gained columns since the write: keep the planned schema.
-                groups[i % count].push(gannet_storage::buffer::widen(&write.batch, &self.schema));
-            }
-            inputs.push(MemorySourceConfig::try_new_exec(
-                &groups,
-                self.schema.clone(),
-                projection.cloned(),
-            )?);
-        }
-        if !plan.merged.is_empty() {
+        if !plan.merged.is_empty() || !plan.concatenated.is_empty() {
             let newest_delete = snapshot.tombstones.iter().map(|t| t.seq).max();
-            let runs = plan
+            let key = |window: i64, id: u64| (self.db.clone(), self.table.clone(), window, id);
+            let contents = |segments: Vec<u64>, buffered: &[&Buffered]| RunContents {
+                segments,
+                buffered: buffered
+                    .iter()
+                    .map(|b| (b.seq, b.batch.num_rows()))
+                    .collect(),
+                newest_delete,
+            };
+            let mut runs: Vec<MergeRun> = plan
                 .merged
                 .iter()
                 .map(|run| MergeRun {
-                    key: (
-                        self.db.clone(),
-                        self.table.clone(),
+                    key: key(
                         run.window,
                         match (run.segments.first(), run.buffered.first()) {
                             (Some((_, segment)), _) => segment.id.0,
@@ -280,19 +273,19 @@ impl TableProvider for GannetTable {
                             (None, None) => u64::MAX,
                         },
                     ),
-                    contents: RunContents {
-                        segments: run.segments().map(|s| s.id.0).collect(),
-                        buffered: run
-                            .buffered
-                            .iter()
-                            .map(|b| (b.seq, b.batch.num_rows()))
-                            .collect(),
-                        newest_delete,
-                    },
+                    contents: contents(run.segments().map(|s| s.id.0).collect(), &run.buffered),
                     segments: run.segments().cloned().collect(),
                     buffered: run.buffered.iter().map(|b| b.batch.clone()).collect(),
+                    concatenate: false,
                 })
                 .collect();
+            runs.extend(plan.concatenated.iter().map(|(&window, writes)| MergeRun {
+                key: key(window, u64::MAX),
+                contents: contents(Vec::new(), writes),
+                segments: Vec::new(),
+                buffered: writes.iter().map(|b| b.batch.clone()).collect(),
+                concatenate: true,
+            }));
             let partitions = state.config().target_partitions().max(1);
             inputs.push(Arc::new(MergeExec::new(
                 snapshot.clone(),
@@ -396,8 +389,9 @@ impl ParquetFileReaderFactory for PinningReaderFactory {
 struct ScanPlan<'a> {
     /// Segments read straight from Parquet.
     direct: Vec<&'a SegmentMeta>,
-    /// Buffered writes read as they are.
-    direct_buffered: Vec<&'a Buffered>,
+    /// Per window, buffered writes that need no merging, oldest first: concatenated into
+    /// one batch (writes are often small, and each has its own dictionaries).
+    concatenated: BTreeMap<i64, Vec<&'a Buffered>>,
     merged: Vec<Run<'a>>,
 }
 
@@ -472,7 +466,9 @@ impl<'a> ScanPlan<'a> {
                 }
                 match (run.segments.as_slice(), run.buffered.as_slice()) {
                     ([(_, only)], []) if !run.must_merge => plan.direct.push(only),
-                    ([], [only]) if only.has_unique_points() => plan.direct_buffered.push(only),
+                    ([], [only]) if only.has_unique_points() => {
+                        plan.concatenated.entry(run.window).or_default().push(only)
+                    }
                     _ => {
                         run.segments.sort_by_key(|(i, _)| *i);
                         run.buffered.sort_by_key(|b| b.seq);
@@ -480,6 +476,9 @@ impl<'a> ScanPlan<'a> {
                     }
                 }
             }
+        }
+        for writes in plan.concatenated.values_mut() {
+            writes.sort_by_key(|b| b.seq);
         }
         plan
     }

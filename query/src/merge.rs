@@ -138,7 +138,7 @@ impl Shared {
             (None, true) => concatenated(None, &run.buffered)?,
             (None, false) => self
                 .snapshot
-                .read_merged(&run.segments, &run.buffered)
+                .read_merged_unordered(&run.segments, &run.buffered)
                 .map_err(external)?,
         };
         let kept = self

@@ -37,6 +37,21 @@ pub fn key_columns(schema: &SchemaRef) -> Vec<usize> {
 
 /// Sorts `batches` (oldest first, all of `schema`) by identity and merges duplicates.
 pub fn dedup_sort(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch, ArrowError> {
+    dedup_with(schema, batches, true)
+}
+
+/// Merges duplicates of `batches` (oldest first, all of `schema`), in no particular order:
+/// when no point appears twice (a hash set of identities says so), the rows are returned
+/// as they are, without sorting; otherwise as [`dedup_sort`] returns them.
+pub fn dedup(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch, ArrowError> {
+    dedup_with(schema, batches, false)
+}
+
+fn dedup_with(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    sort: bool,
+) -> Result<RecordBatch, ArrowError> {
     let all = concat_batches(schema, batches)?;
     let n = all.num_rows();
     if n == 0 {
@@ -49,6 +64,12 @@ pub fn dedup_sort(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordB
     let sorted = (1..n).all(|i| rows.row(i - 1) < rows.row(i));
     if sorted {
         return Ok(all);
+    }
+    if !sort {
+        let mut seen = std::collections::HashSet::with_capacity(n);
+        if rows.iter().all(|row| seen.insert(row)) {
+            return Ok(all);
+        }
     }
     // Stable: among equal identities the older row comes first.
     order.sort_by(|&a, &b| rows.row(a as usize).cmp(&rows.row(b as usize)));
@@ -201,6 +222,17 @@ mod tests {
             .map(|b| has_unique_points(b).unwrap())
             .collect();
         assert_eq!(unique, [true, false, false]);
+    }
+
+    #[test]
+    fn unsorted_dedup_keeps_unique_rows_in_place_and_merges_repeated_ones() {
+        let (schema, input) = batches(&["m,h=b v=1 2\nm,h=a v=1 1", "m,h=c v=3 1"]);
+        let out = dedup(&schema, &input).unwrap();
+        assert_eq!(out, concat_batches(&schema, &input).unwrap());
+        let (schema, input) = batches(&["m,h=b v=1 2\nm,h=a v=1 1", "m,h=b v=3 2"]);
+        let out = dedup(&schema, &input).unwrap();
+        assert_eq!(out, dedup_sort(&schema, &input).unwrap());
+        assert_eq!(out.num_rows(), 2);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crossbeam::channel::{RecvTimeoutError, Sender};
 use crate::buffer::{Buffer, ChunkKey, widen};
 use crate::catalog::{COLUMN_KIND_KEY, Catalog, ColumnType, ScoringRule, SegmentMeta};
 use crate::config::EngineConfig;
-use crate::dedup::dedup_sort;
+use crate::dedup::{dedup, dedup_sort};
 use crate::delete::{DeletePredicate, Tombstone, deleted_rows, remove_rows};
 use crate::error::{Error, Result};
 use crate::lineproto::{LineError, parse_lines};
@@ -105,6 +105,31 @@ impl TableSnapshot {
         segments: impl IntoIterator<Item = &'a SegmentMeta>,
         buffered: impl IntoIterator<Item = &'a RecordBatch>,
     ) -> Result<RecordBatch> {
+        Ok(dedup_sort(
+            &self.schema,
+            &self.read_versions(segments, buffered)?,
+        )?)
+    }
+
+    /// As [`TableSnapshot::read_merged`], in no particular order: what holds no point twice
+    /// is not sorted (queries sort what they need themselves).
+    pub fn read_merged_unordered<'a>(
+        &self,
+        segments: impl IntoIterator<Item = &'a SegmentMeta>,
+        buffered: impl IntoIterator<Item = &'a RecordBatch>,
+    ) -> Result<RecordBatch> {
+        Ok(dedup(
+            &self.schema,
+            &self.read_versions(segments, buffered)?,
+        )?)
+    }
+
+    /// Every version of the rows of `segments` (deletes applied) and `buffered`, widened.
+    fn read_versions<'a>(
+        &self,
+        segments: impl IntoIterator<Item = &'a SegmentMeta>,
+        buffered: impl IntoIterator<Item = &'a RecordBatch>,
+    ) -> Result<Vec<RecordBatch>> {
         let mut batches = Vec::new();
         for seg in segments {
             let rows = segment::read(&self.segment_path(seg))?;
@@ -113,12 +138,11 @@ impl TableSnapshot {
             batches.extend(rows.iter().map(|b| widen(b, &self.schema)));
         }
         batches.extend(buffered.into_iter().map(|b| widen(b, &self.schema)));
-        Ok(dedup_sort(&self.schema, &batches)?)
+        Ok(batches)
     }
 
-    /// `merged` (a [`TableSnapshot::read_merged`] result) with newer buffered batches of
-    /// the same points merged in. `merged` is sorted already, so this costs a merge of two
-    /// sorted runs rather than a sort of everything.
+    /// `merged` (a [`TableSnapshot::read_merged_unordered`] result) with newer buffered
+    /// batches of the same points merged in, in no particular order.
     pub fn merge_newer<'a>(
         &self,
         merged: RecordBatch,
@@ -126,7 +150,7 @@ impl TableSnapshot {
     ) -> Result<RecordBatch> {
         let mut batches = vec![widen(&merged, &self.schema)];
         batches.extend(newer.into_iter().map(|b| widen(b, &self.schema)));
-        Ok(dedup_sort(&self.schema, &batches)?)
+        Ok(dedup(&self.schema, &batches)?)
     }
 }
 

@@ -7,7 +7,9 @@
 //!
 //! LOAD_SECONDS (300), LOAD_CLIENTS (64), LOAD_WRITERS (8), LOAD_HOSTS (200) and
 //! LOAD_HOURS of data loaded first (12) tune it; the server runs with a 1 GiB write buffer
-//! and a 1 GiB query memory limit.
+//! and a 1 GiB query memory limit. LOAD_WRITE_RATE (rows per second, all writers together;
+//! 0, the default, is as fast as the server answers) holds the writers to a fixed pace, so
+//! that query figures of two versions compare over the same amount of data.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -91,6 +93,7 @@ fn main() {
     let writers: usize = env_or("LOAD_WRITERS", 8);
     let hosts: usize = env_or("LOAD_HOSTS", 200);
     let hours: usize = env_or("LOAD_HOURS", 12);
+    let write_rate: f64 = env_or("LOAD_WRITE_RATE", 0.0);
     if Command::new("pgbench").arg("--version").output().is_err() {
         eprintln!("SKIPPED: pgbench is not installed (apt-get install postgresql-client)");
         return;
@@ -154,7 +157,19 @@ fn main() {
                     generator.next_step(&mut skip);
                 }
                 let mut mine = Vec::new();
+                let (began, mut sent) = (Instant::now(), 0usize);
                 while !stop.load(Ordering::Relaxed) {
+                    if write_rate > 0.0 {
+                        // Each writer its share of the rate: wait until the pace allows
+                        // the next batch.
+                        let due = sent as f64 / (write_rate / writers as f64);
+                        let ahead = due - began.elapsed().as_secs_f64();
+                        if ahead > 0.0 {
+                            std::thread::sleep(Duration::from_secs_f64(ahead.min(1.0)));
+                            continue;
+                        }
+                    }
+                    sent += BATCH_LINES;
                     let body = generator
                         .lines(BATCH_LINES)
                         .replace("hostname=host_", &format!("hostname=w{w}_host_"));
@@ -231,9 +246,13 @@ fn main() {
         .find(|l| l.contains("number of failed transactions"))
         .unwrap_or("")
         .trim();
+    let pace = match write_rate {
+        r if r > 0.0 => format!("at {r} rows/s together"),
+        _ => "at full speed".to_owned(),
+    };
     println!(
-        "\n{clients} pg clients (pgbench -M extended, 12 TSBS queries) + {writers} HTTP writers, \
-         {seconds} s, {hosts} hosts x {hours} h loaded first ({loaded} rows)\n"
+        "\n{clients} pg clients (pgbench -M extended, 12 TSBS queries) + {writers} HTTP writers \
+         {pace}, {seconds} s, {hosts} hosts x {hours} h loaded first ({loaded} rows)\n"
     );
     println!("| | count | per second | p50 ms | p99 ms | errors |");
     println!("|---|---|---|---|---|---|");

@@ -32,6 +32,7 @@ use gannet_storage::catalog::COLUMN_KIND_KEY;
 use gannet_storage::lineproto::{Element, escape_into};
 use gannet_storage::{DeletePredicate, Engine, Precision};
 
+use crate::error::SqlError;
 use crate::table::TimeRange;
 
 /// Writes inserted rows as line protocol.
@@ -79,11 +80,14 @@ impl DataSink for LineProtocolSink {
         .map_err(|e| DataFusionError::External(Box::new(e)))?
         .map_err(|e| DataFusionError::External(Box::new(e)))?;
         if let Some(error) = outcome.errors.first() {
-            return exec_err!(
-                "row {} of the INSERT was rejected: {}",
-                error.line_number,
-                error.message
-            );
+            return Err(SqlError::new(
+                "22023",
+                format!(
+                    "row {} of the INSERT was rejected: {}",
+                    error.line_number, error.message
+                ),
+            )
+            .into());
         }
         Ok(rows)
     }
@@ -142,7 +146,11 @@ fn to_line_protocol(
                 DataType::Float64 => {
                     let v = values.as_primitive::<Float64Type>().value(row);
                     if !v.is_finite() {
-                        return exec_err!("row {}: {name} is {v}, which cannot be stored", row + 1);
+                        return Err(SqlError::new(
+                            "22023",
+                            format!("row {}: {name} is {v}, which cannot be stored", row + 1),
+                        )
+                        .into());
                     }
                     let _ = write!(out, "{v:?}");
                 }
@@ -168,10 +176,16 @@ fn to_line_protocol(
             }
         }
         if first {
-            return exec_err!("row {}: a point needs at least one field value", row + 1);
+            return Err(SqlError::new(
+                "23502",
+                format!("row {}: a point needs at least one field value", row + 1),
+            )
+            .into());
         }
         if time.is_null(row) {
-            return exec_err!("row {}: time must not be NULL", row + 1);
+            return Err(
+                SqlError::new("23502", format!("row {}: time must not be NULL", row + 1)).into(),
+            );
         }
         let _ = writeln!(out, " {}", time.value(row));
     }

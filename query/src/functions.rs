@@ -27,10 +27,16 @@ pub fn register(ctx: &SessionContext) {
     ctx.register_udaf(AggregateUDF::new_from_impl(Selector::new(Pick::First)));
     ctx.register_udaf(AggregateUDF::new_from_impl(Selector::new(Pick::Last)));
     crate::first_last::register(ctx);
+    crate::gapfill::register(ctx);
+}
+
+/// `time_bucket`, for gap filling's `time_bucket_gapfill`.
+pub(crate) fn time_bucket() -> Arc<ScalarUDF> {
+    Arc::new(ScalarUDF::new_from_impl(TimeBucket::new()))
 }
 
 /// TimescaleDB's origin for buckets: Monday, 2000-01-03T00:00:00Z.
-const TIMESCALE_ORIGIN_NS: i64 = 946_857_600_000_000_000;
+pub(crate) const TIMESCALE_ORIGIN_NS: i64 = 946_857_600_000_000_000;
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct TimeBucket {

@@ -36,6 +36,7 @@ pub mod dml;
 pub mod error;
 mod first_last;
 pub mod functions;
+pub mod gapfill;
 mod merge;
 pub mod onnx;
 pub mod scoring;
@@ -63,6 +64,29 @@ pub enum QueryError {
     Storage(#[from] gannet_storage::Error),
     #[error(transparent)]
     DataFusion(#[from] datafusion::error::DataFusionError),
+}
+
+impl QueryError {
+    /// The SQLSTATE PostgreSQL would answer with.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            QueryError::DataFusion(e) => error::sqlstate(e),
+            QueryError::UnknownDatabase(_) => "3D000",
+            QueryError::DatabaseExists(_) => "42P04",
+            QueryError::Storage(gannet_storage::Error::Catalog(
+                gannet_storage::catalog::CatalogError::InvalidName { .. },
+            )) => "42602",
+            QueryError::Storage(_) => "XX000",
+        }
+    }
+
+    /// The message for users, without DataFusion's prefixes.
+    pub fn message(&self) -> String {
+        match self {
+            QueryError::DataFusion(e) => error::message(e),
+            other => other.to_string(),
+        }
+    }
 }
 
 /// Runs SQL against the databases of one storage engine.
@@ -141,7 +165,7 @@ impl QueryEngine {
     /// A session with Gannet's functions and models but no database: for SQL over batches
     /// registered in it.
     pub fn scratch_session(&self) -> SessionContext {
-        let ctx = SessionContext::new_with_config_rt(SessionConfig::new(), self.runtime.clone());
+        let ctx = session_context(SessionConfig::new(), self.runtime.clone());
         functions::register(&ctx);
         onnx::udf::register(&ctx, &self.models);
         ctx
@@ -182,7 +206,7 @@ impl QueryEngine {
             .with_default_catalog_and_schema(db, catalog::TABLES_SCHEMA)
             .with_create_default_catalog_and_schema(false)
             .with_information_schema(true);
-        let ctx = SessionContext::new_with_config_rt(config, self.runtime.clone());
+        let ctx = session_context(config, self.runtime.clone());
         let catalog = catalog::DatabaseCatalog::new(self.engine.clone(), db, self.merged.clone());
         let system = system::SystemSchema::new(
             self.engine.clone(),
@@ -460,4 +484,14 @@ fn is_refused_by_options(e: &datafusion::error::DataFusionError) -> bool {
     ]
     .iter()
     .any(|m| message.contains(m))
+}
+
+/// A session with Gannet's planning extensions (gap filling) on DataFusion's defaults.
+fn session_context(config: SessionConfig, runtime: Arc<RuntimeEnv>) -> SessionContext {
+    let state = datafusion::execution::session_state::SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .build();
+    SessionContext::new_with_state(gapfill::plan::install(state))
 }

@@ -859,3 +859,46 @@ async fn first_and_last_value_of_tags_per_group() {
         "r5"
     );
 }
+
+#[tokio::test]
+async fn gap_filling_plans_a_gap_fill_over_the_sorted_aggregate() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    engine
+        .write_lp("m", b"cpu,host=a u=1 60", Precision::Second)
+        .unwrap();
+    let query = QueryEngine::new(engine);
+    let sql = "EXPLAIN SELECT date_bin_gapfill(INTERVAL '1 minute', time) AS t, host, \
+               locf(avg(u)) FROM cpu \
+               WHERE time >= '1970-01-01T00:00:00Z' AND time < now() GROUP BY 1, 2";
+    let plan = show(&query, "m", sql).await;
+    let lines: Vec<&str> = plan
+        .lines()
+        .map(|l| l.trim_matches(|c| c == '|' || c == ' '))
+        .collect();
+    let find = |prefix: &str| {
+        lines
+            .iter()
+            .position(|l| l.trim_start().starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{plan}"))
+    };
+    // The bounds are constants by the time the node is planned: now() is folded.
+    let logical = lines[find("GapFill:")];
+    assert!(
+        logical.contains("range=[TimestampNanosecond(0, None), TimestampNanosecond("),
+        "{logical}"
+    );
+    assert!(
+        logical.contains("series=[host], fill=[locf(avg(cpu.u))]"),
+        "{logical}"
+    );
+    assert!(find("Aggregate: groupBy=[[date_bin(") > find("GapFill:"));
+    // One partition, sorted by series and time, under the fill.
+    let exec = find("GapFillExec:");
+    assert!(
+        lines[exec].contains("stride=60s, first=1970-01-01T00:00:00Z"),
+        "{}",
+        lines[exec]
+    );
+    assert!(lines[exec + 1].contains("SortPreservingMergeExec: [host@1 ASC"));
+}

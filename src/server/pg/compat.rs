@@ -165,16 +165,7 @@ impl GannetStatementsHook {
         let done = self.query.execute_own(statement)?;
         Some(match done {
             Ok(tag) => Ok(Response::Execution(Tag::new(tag))),
-            Err(e) => {
-                let code = match &e {
-                    gannet_query::QueryError::DatabaseExists(_) => "42P04",
-                    gannet_query::QueryError::Storage(gannet_storage::Error::Catalog(
-                        gannet_storage::catalog::CatalogError::InvalidName { .. },
-                    )) => "42602",
-                    _ => "XX000",
-                };
-                Err(super::user_error("ERROR", code, e.to_string()))
-            }
+            Err(e) => Err(super::user_error("ERROR", e.sqlstate(), e.message())),
         })
     }
 }

@@ -354,17 +354,8 @@ impl QueryRouter {
 fn query_error(e: &gannet_query::QueryError) -> PgWireError {
     use gannet_query::QueryError;
     match e {
-        QueryError::DataFusion(e) => user_error(
-            "ERROR",
-            gannet_query::error::sqlstate(e),
-            gannet_query::error::message(e),
-        ),
         QueryError::UnknownDatabase(db) => unknown_database(db, "ERROR"),
-        QueryError::DatabaseExists(_) => user_error("ERROR", "42P04", e.to_string()),
-        QueryError::Storage(gannet_storage::Error::Catalog(
-            gannet_storage::catalog::CatalogError::InvalidName { .. },
-        )) => user_error("ERROR", "42602", e.to_string()),
-        QueryError::Storage(_) => user_error("ERROR", "XX000", e.to_string()),
+        _ => user_error("ERROR", e.sqlstate(), e.message()),
     }
 }
 

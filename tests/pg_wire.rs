@@ -310,6 +310,16 @@ fn create_database_insert_and_delete_through_psql() {
     assert!(ok, "{err}");
     assert!(out.starts_with("INSERT 0 2\n"), "{out}");
     assert!(out.ends_with("hall|20.0\nhall|21.5\n"), "{out}");
+
+    // DROP TABLE in the connection's database, with PostgreSQL's tag and errors.
+    let (ok, out, err) = server.psql("sensors", &["-c", "DROP TABLE air"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "DROP TABLE\n");
+    let (ok, _, err) = server.psql(
+        "sensors",
+        &["-v", "VERBOSITY=verbose", "-c", "DROP TABLE air"],
+    );
+    assert!(!ok && err.contains("42P01"), "{err}");
 }
 
 #[test]

@@ -76,6 +76,8 @@ impl QueryError {
             QueryError::Storage(gannet_storage::Error::Catalog(
                 gannet_storage::catalog::CatalogError::InvalidName { .. },
             )) => "42602",
+            QueryError::Storage(gannet_storage::Error::NoSuchTable { .. }) => "42P01",
+            QueryError::Storage(gannet_storage::Error::TableInUse { .. }) => "2BP01",
             QueryError::Storage(_) => "XX000",
         }
     }
@@ -264,7 +266,7 @@ impl QueryEngine {
             return Ok(Vec::new());
         }
         if let Some(statement) = single_sql_statement(sql)
-            && let Some(done) = self.execute_own_with(&statement, access)
+            && let Some(done) = self.execute_own_with(db, &statement, access)
         {
             done?;
             return Ok(Vec::new());
@@ -289,22 +291,45 @@ impl QueryEngine {
         Ok(frame.collect().await?)
     }
 
-    /// Carries out the statements that are Gannet's rather than DataFusion's:
-    /// `CREATE DATABASE [IF NOT EXISTS] name`. Returns `None` for any other statement, and
-    /// the command tag of one it carried out.
-    pub fn execute_own(&self, statement: &Statement) -> Option<Result<&'static str, QueryError>> {
-        self.execute_own_with(statement, Access::ReadWrite)
+    /// Carries out the statements that are Gannet's rather than DataFusion's, in database
+    /// `db`: `CREATE DATABASE [IF NOT EXISTS] name` and `DROP TABLE [IF EXISTS] name, ...`.
+    /// Returns `None` for any other statement, and the command tag of one it carried out.
+    pub fn execute_own(
+        &self,
+        db: &str,
+        statement: &Statement,
+    ) -> Option<Result<&'static str, QueryError>> {
+        self.execute_own_with(db, statement, Access::ReadWrite)
     }
 
     fn execute_own_with(
         &self,
+        db: &str,
         statement: &Statement,
         access: Access,
     ) -> Option<Result<&'static str, QueryError>> {
-        if access == Access::ReadOnly && matches!(statement, Statement::CreateDatabase { .. }) {
+        use datafusion::sql::sqlparser::ast::ObjectType;
+        let ours = matches!(statement, Statement::CreateDatabase { .. })
+            || matches!(
+                statement,
+                Statement::Drop {
+                    object_type: ObjectType::Table,
+                    ..
+                }
+            );
+        if ours && access == Access::ReadOnly {
             return Some(Err(read_only_refused().into()));
         }
         match statement {
+            Statement::Drop {
+                object_type: ObjectType::Table,
+                if_exists,
+                names,
+                ..
+            } => Some(
+                self.drop_tables(db, names, *if_exists)
+                    .map(|()| "DROP TABLE"),
+            ),
             Statement::CreateDatabase {
                 db_name,
                 if_not_exists,
@@ -330,6 +355,84 @@ impl QueryEngine {
             }
             _ => None,
         }
+    }
+}
+
+impl QueryEngine {
+    /// `DROP TABLE`: every table named must exist (unless `IF EXISTS`) before any is
+    /// dropped. Names are `table`, `public.table` or `db.public.table`, unquoted ones
+    /// lowercased as in every other statement.
+    fn drop_tables(
+        &self,
+        db: &str,
+        names: &[datafusion::sql::sqlparser::ast::ObjectName],
+        if_exists: bool,
+    ) -> Result<(), QueryError> {
+        use error::SqlError;
+        let mut tables = Vec::with_capacity(names.len());
+        for name in names {
+            let parts: Option<Vec<String>> = name
+                .0
+                .iter()
+                .map(|part| {
+                    part.as_ident().map(|ident| match ident.quote_style {
+                        Some(_) => ident.value.clone(),
+                        None => ident.value.to_lowercase(),
+                    })
+                })
+                .collect();
+            let table = match parts.as_deref() {
+                Some([table]) => table.clone(),
+                Some([schema, table]) if schema == catalog::TABLES_SCHEMA => table.clone(),
+                Some([catalog, schema, table])
+                    if catalog == db && schema == catalog::TABLES_SCHEMA =>
+                {
+                    table.clone()
+                }
+                Some([schema, _]) | Some([_, schema, _]) if schema == system::SYSTEM_SCHEMA => {
+                    return Err(SqlError::new(
+                        "42501",
+                        format!("{name} is a system table and cannot be dropped"),
+                    )
+                    .into());
+                }
+                Some([catalog, _, _]) if catalog != db => {
+                    return Err(SqlError::new(
+                        "0A000",
+                        format!(
+                            "cross-database references are not implemented: {name} (this \
+                             session is in database \"{db}\")"
+                        ),
+                    )
+                    .into());
+                }
+                _ => {
+                    return Err(SqlError::new(
+                        "3F000",
+                        format!("no schema has table {name}: tables are in \"public\""),
+                    )
+                    .into());
+                }
+            };
+            let exists = self.engine.catalog().table(db, &table).is_some();
+            if !exists && !if_exists {
+                return Err(
+                    SqlError::new("42P01", format!("table \"{table}\" does not exist")).into(),
+                );
+            }
+            if exists {
+                tables.push(table);
+            }
+        }
+        for table in tables {
+            match self.engine.drop_table(db, &table) {
+                // Dropped meanwhile by someone else: gone either way.
+                Ok(()) | Err(gannet_storage::Error::NoSuchTable { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.merged.forget_table(db, &table);
+        }
+        Ok(())
     }
 }
 

@@ -144,6 +144,14 @@ impl MergedWindows {
         }
     }
 
+    /// Lets go of a dropped table's merges.
+    pub fn forget_table(&self, db: &str, table: &str) {
+        self.entries
+            .lock()
+            .expect("merged windows lock")
+            .retain(|(d, t, _, _), _| d != db || t != table);
+    }
+
     /// Keeps `batch` if it fits; returns whether it did.
     pub(crate) fn put(&self, key: RunKey, contents: RunContents, batch: &RecordBatch) -> bool {
         let size = batch.get_array_memory_size();

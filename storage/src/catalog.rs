@@ -391,6 +391,11 @@ impl Catalog {
         self.databases.get_mut(db)?.tables.get_mut(table)
     }
 
+    /// Removes a table; returns its definition (and so its segments) if it existed.
+    pub fn drop_table(&mut self, db: &str, table: &str) -> Option<TableDef> {
+        self.databases.get_mut(db)?.tables.remove(table)
+    }
+
     /// Creates a database if it does not exist. Returns whether it was created.
     pub fn create_database(&mut self, name: &str) -> Result<bool, CatalogError> {
         validate_name(name)?;

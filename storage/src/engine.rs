@@ -267,6 +267,8 @@ impl Engine {
             .max()
             .unwrap_or(0);
         let mut buffer = Buffer::new(window, 0);
+        // Segments of tables the WAL drops whose catalog file still listed them.
+        let mut dropped_segments = Vec::new();
         let started = std::time::Instant::now();
         let stats = wal::replay(&dir, |seq, entry| match entry {
             WalEntry::Write { db, tables } => {
@@ -281,6 +283,9 @@ impl Engine {
                 predicate,
             } => {
                 apply_delete(&mut catalog, &mut buffer, seq, &db, &table, predicate);
+            }
+            WalEntry::DropTable { db, table } => {
+                dropped_segments.extend(apply_drop(&mut catalog, &mut buffer, &db, &table));
             }
         })?;
         // Windows already persisted before the crash need not be buffered again.
@@ -337,10 +342,37 @@ impl Engine {
                 if let Some(observe) = sink_observer.read().expect("observer lock").as_ref() {
                     observe(seq, &db, &tables);
                 }
+                // A table dropped between this write's validation and now: the write
+                // makes it anew, as it would on replay.
+                let missing = {
+                    let catalog = sink_catalog.read().expect("catalog lock");
+                    tables
+                        .iter()
+                        .any(|t| catalog.table(&db, &t.table).is_none())
+                };
+                if missing {
+                    let mut catalog = sink_catalog.write().expect("catalog lock");
+                    for t in &tables {
+                        merge_schema(&mut catalog, &db, t);
+                    }
+                }
                 sink_buffer
                     .write()
                     .expect("buffer lock")
                     .apply(seq, &db, tables);
+            }
+            WalEntry::DropTable { db, table } => {
+                let mut catalog = sink_catalog.write().expect("catalog lock");
+                let mut buffer = sink_buffer.write().expect("buffer lock");
+                // The segments are retired by `Engine::drop_table`, which listed them.
+                apply_drop(&mut catalog, &mut buffer, &db, &table);
+                // Until the catalog file lacks the table, the WAL must keep the drop.
+                let mut pending = sink_unpersisted.lock().expect("delete lock");
+                let range = pending.get_or_insert(PendingDeletes {
+                    oldest: seq,
+                    newest: seq,
+                });
+                range.newest = seq;
             }
             WalEntry::Delete {
                 db,
@@ -377,6 +409,14 @@ impl Engine {
             _lock: lock,
         });
         engine.persist_catalog()?;
+        for path in dropped_segments {
+            let path = engine.config.data_dir.join(path);
+            if let Err(e) = std::fs::remove_file(&path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove a dropped table's segment");
+            }
+        }
         engine.remove_persisted_wal()?;
         if quarantined > 0 {
             tracing::error!(
@@ -598,8 +638,47 @@ impl Engine {
         Ok(seq)
     }
 
-    /// Sets (or clears) a database's retention period: data older than it is dropped by the
-    /// flusher, and writes older than it are rejected. Creates the database if needed.
+    /// Drops table `db.table`: its columns, buffered rows and segments. Returns once the
+    /// drop is durable (in the WAL); readers that started before keep their snapshot (its
+    /// files are removed when they finish). A later write to the name makes a new table.
+    /// Refused while a scoring rule scores the table.
+    pub fn drop_table(&self, db: &str, table: &str) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        // No flush or compaction is under way (they hold this lock), so the segments
+        // listed here are all the table has, and none is about to be added.
+        let _guard = self.persist_lock.lock().expect("persist lock");
+        let segments: Vec<String> = {
+            let catalog = self.catalog.read().expect("catalog lock");
+            let no_such_table = || Error::NoSuchTable {
+                db: db.to_owned(),
+                table: table.to_owned(),
+            };
+            let def = catalog.table(db, table).ok_or_else(no_such_table)?;
+            let database = catalog.database(db).ok_or_else(no_such_table)?;
+            if let Some(rule) = database.scoring_rules.values().find(|r| r.table == table) {
+                return Err(Error::TableInUse {
+                    table: table.to_owned(),
+                    rule: rule.name.clone(),
+                });
+            }
+            def.segments.iter().map(|s| s.path.clone()).collect()
+        };
+        let entry = WalEntry::DropTable {
+            db: db.to_owned(),
+            table: table.to_owned(),
+        };
+        self.wal.append(entry).wait()?;
+        self.persist_catalog()?;
+        for path in &segments {
+            self.pins.retire(&self.config.data_dir.join(path));
+        }
+        self.space.1.notify_all();
+        tracing::info!(db, table, segments = segments.len(), "dropped a table");
+        Ok(())
+    }
+
     /// Creates an empty database; returns false if it already existed.
     pub fn create_database(&self, name: &str) -> Result<bool> {
         if self.closed.load(Ordering::Acquire) {
@@ -616,6 +695,8 @@ impl Engine {
         Ok(created)
     }
 
+    /// Sets (or clears) a database's retention period: data older than it is dropped by the
+    /// flusher, and writes older than it are rejected. Creates the database if needed.
     pub fn set_retention(&self, db: &str, retention: Option<Duration>) -> Result<()> {
         {
             let mut catalog = self.catalog.write().expect("catalog lock");
@@ -1033,6 +1114,16 @@ fn apply_delete(
     if !def.tombstones.iter().any(|t| t.seq == seq) {
         def.tombstones.push(Tombstone { seq, predicate });
     }
+}
+
+/// Applies a durable drop: the table leaves the catalog and the buffer. Returns the paths of
+/// the segments it had. Idempotent (replay may apply a drop the catalog file already has).
+fn apply_drop(catalog: &mut Catalog, buffer: &mut Buffer, db: &str, table: &str) -> Vec<String> {
+    buffer.drop_table(db, table);
+    catalog
+        .drop_table(db, table)
+        .map(|def| def.segments.into_iter().map(|s| s.path).collect())
+        .unwrap_or_default()
 }
 
 /// The highest sequence number already persisted for a chunk's table and window.

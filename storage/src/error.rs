@@ -24,6 +24,11 @@ pub enum Error {
     Arrow(#[from] arrow::error::ArrowError),
     #[error("table '{table}' does not exist in database '{db}'")]
     NoSuchTable { db: String, table: String },
+    #[error(
+        "cannot drop table '{table}': scoring rule '{rule}' scores it; drop the rule first \
+         (DROP SCORING RULE {rule})"
+    )]
+    TableInUse { table: String, rule: String },
     #[error("the engine is shut down")]
     Closed,
     #[error(

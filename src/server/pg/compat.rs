@@ -122,6 +122,10 @@ impl GannetStatementsHook {
             || matches!(
                 statement,
                 Statement::CreateDatabase { .. }
+                    | Statement::Drop {
+                        object_type: sqlparser::ast::ObjectType::Table,
+                        ..
+                    }
                     | Statement::LISTEN { .. }
                     | Statement::UNLISTEN { .. }
                     | Statement::NOTIFY { .. }
@@ -158,11 +162,17 @@ impl GannetStatementsHook {
         Some(Ok(Response::Execution(Tag::new(tag))))
     }
 
-    fn run(&self, statement: &sqlparser::ast::Statement) -> Option<PgWireResult<Response>> {
+    fn run(
+        &self,
+        statement: &sqlparser::ast::Statement,
+        client: &dyn ClientInfo,
+    ) -> Option<PgWireResult<Response>> {
         if let Some(tag) = Self::savepoint_tag(statement) {
             return Some(Ok(Response::Execution(Tag::new(tag))));
         }
-        let done = self.query.execute_own(statement)?;
+        let done = self
+            .query
+            .execute_own(super::database_of(client), statement)?;
         Some(match done {
             Ok(tag) => Ok(Response::Execution(Tag::new(tag))),
             Err(e) => Err(super::user_error("ERROR", e.sqlstate(), e.message())),
@@ -179,7 +189,7 @@ impl QueryHook for GannetStatementsHook {
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
         self.notify(statement, client)
-            .or_else(|| self.run(statement))
+            .or_else(|| self.run(statement, client))
     }
 
     async fn handle_extended_parse_query(
@@ -208,7 +218,7 @@ impl QueryHook for GannetStatementsHook {
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
         self.notify(statement, client)
-            .or_else(|| self.run(statement))
+            .or_else(|| self.run(statement, client))
     }
 }
 

@@ -484,3 +484,116 @@ fn timestamps_at_the_edges_of_the_range_are_stored() {
     engine.flush().unwrap();
     assert_eq!(values(&engine, "cpu", "v"), [Some(1.0), Some(2.0)]);
 }
+
+#[test]
+fn a_dropped_table_is_gone_with_its_files_and_its_name_is_free_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path());
+    engine
+        .write_lp("db", b"cpu,host=a v=1 1\nmem free=1i 1", Precision::Second)
+        .unwrap();
+    engine.flush().unwrap();
+    engine
+        .write_lp("db", b"cpu,host=a v=2 2", Precision::Second)
+        .unwrap();
+    let segment = dir
+        .path()
+        .join(&engine.snapshot("db", "cpu").unwrap().segments[0].path);
+    assert!(segment.exists());
+
+    engine.drop_table("db", "cpu").unwrap();
+    assert!(engine.snapshot("db", "cpu").is_none());
+    assert!(!segment.exists(), "no reader holds it: removed at once");
+    assert_eq!(engine.buffer_stats().rows, 0);
+    assert!(matches!(
+        engine.drop_table("db", "cpu"),
+        Err(Error::NoSuchTable { .. })
+    ));
+    assert_eq!(
+        engine
+            .snapshot("db", "mem")
+            .unwrap()
+            .read_all()
+            .unwrap()
+            .num_rows(),
+        1
+    );
+
+    // A new table of the same name: its own columns (v was a float, now it is text).
+    engine
+        .write_lp("db", b"cpu,dc=x v=\"up\" 3", Precision::Second)
+        .unwrap();
+    let snap = engine.snapshot("db", "cpu").unwrap();
+    assert!(snap.schema.field_with_name("host").is_err());
+    assert_eq!(snap.read_all().unwrap().num_rows(), 1);
+    drop(snap);
+
+    // After a crash the WAL replays the drop between the writes: the same table again.
+    drop(engine);
+    let engine = open(dir.path());
+    let batch = engine.snapshot("db", "cpu").unwrap().read_all().unwrap();
+    assert_eq!(batch.num_rows(), 1);
+    assert_eq!(
+        batch.column_by_name("v").unwrap().data_type(),
+        &arrow::datatypes::DataType::Utf8
+    );
+    assert_eq!(
+        engine
+            .snapshot("db", "mem")
+            .unwrap()
+            .read_all()
+            .unwrap()
+            .num_rows(),
+        1
+    );
+}
+
+#[test]
+fn a_drop_is_replayed_when_the_catalog_file_still_lists_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path());
+    engine
+        .write_lp("db", b"cpu v=1 1", Precision::Second)
+        .unwrap();
+    engine.flush().unwrap();
+    engine
+        .write_lp("db", b"cpu v=2 2", Precision::Second)
+        .unwrap();
+    let catalog_file = paths::catalog_file(dir.path());
+    let before = std::fs::read(&catalog_file).unwrap();
+    engine.drop_table("db", "cpu").unwrap();
+    drop(engine);
+    // As if the process died after the drop was in the WAL but before the catalog file
+    // was rewritten.
+    std::fs::write(&catalog_file, before).unwrap();
+    let engine = open(dir.path());
+    assert!(engine.snapshot("db", "cpu").is_none());
+    engine
+        .write_lp("db", b"cpu v=3 3", Precision::Second)
+        .unwrap();
+    assert_eq!(values(&engine, "cpu", "v"), [Some(3.0)]);
+}
+
+#[test]
+fn a_table_a_scoring_rule_scores_cannot_be_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path());
+    engine
+        .write_lp("db", b"pay amount=1 1", Precision::Second)
+        .unwrap();
+    let rule = ScoringRule {
+        name: "fraud".into(),
+        table: "pay".into(),
+        expression: "amount".into(),
+        condition: None,
+        webhook: None,
+        from_seq: 0,
+        created_at: 0,
+    };
+    assert!(engine.create_scoring_rule("db", rule).unwrap());
+    let err = engine.drop_table("db", "pay").unwrap_err();
+    assert!(err.to_string().contains("DROP SCORING RULE fraud"), "{err}");
+    assert!(engine.snapshot("db", "pay").is_some());
+    engine.drop_scoring_rule("db", "fraud").unwrap();
+    engine.drop_table("db", "pay").unwrap();
+}

@@ -8,6 +8,8 @@
 //! payload := kind:u8 ...
 //!   kind 1 (write): db_len:u16le db  n_tables:u32le (name_len:u16le name ipc_len:u32le ipc)*
 //!                   ipc = one Arrow IPC stream holding the table's batch
+//!   kind 2 (delete): db_len:u16le db  table_len:u16le table  json_len:u32le json
+//!   kind 3 (drop table): db_len:u16le db  table_len:u16le table
 //! ```
 
 use arrow::ipc::writer::StreamWriter;
@@ -26,6 +28,7 @@ pub const MAX_PAYLOAD_LEN: usize = 1 << 30;
 
 const KIND_WRITE: u8 = 1;
 const KIND_DELETE: u8 = 2;
+const KIND_DROP_TABLE: u8 = 3;
 
 /// What one WAL record says happened.
 #[derive(Debug, Clone)]
@@ -38,6 +41,11 @@ pub enum WalEntry {
         db: String,
         table: String,
         predicate: DeletePredicate,
+    },
+    /// The table and all its rows are gone; a later write makes a new table of that name.
+    DropTable {
+        db: String,
+        table: String,
     },
 }
 
@@ -180,6 +188,12 @@ pub fn encode_entry(entry: &WalEntry) -> Vec<u8> {
             table,
             predicate,
         } => encode_delete(db, table, predicate),
+        WalEntry::DropTable { db, table } => {
+            let mut out = vec![KIND_DROP_TABLE];
+            put_str16(&mut out, db);
+            put_str16(&mut out, table);
+            out
+        }
     }
 }
 
@@ -237,6 +251,14 @@ pub fn decode_entry(payload: &[u8]) -> Result<WalEntry, FormatError> {
                 table,
                 predicate,
             })
+        }
+        KIND_DROP_TABLE => {
+            let db = r.str16()?;
+            let table = r.str16()?;
+            if r.pos != payload.len() {
+                return Err(FormatError::Payload("trailing bytes".into()));
+            }
+            Ok(WalEntry::DropTable { db, table })
         }
         kind => Err(FormatError::Payload(format!("unknown record kind {kind}"))),
     }
@@ -337,6 +359,23 @@ mod tests {
             panic!("a delete decodes as a delete");
         };
         assert_eq!((db.as_str(), table.as_str(), got), ("db", "cpu", predicate));
+    }
+
+    #[test]
+    fn drop_table_roundtrips() {
+        let entry = WalEntry::DropTable {
+            db: "db".into(),
+            table: "cpu".into(),
+        };
+        let payload = encode_entry(&entry);
+        let WalEntry::DropTable { db, table } = decode_entry(&payload).unwrap() else {
+            panic!("a drop decodes as a drop");
+        };
+        assert_eq!((db.as_str(), table.as_str()), ("db", "cpu"));
+        let mut longer = payload.clone();
+        longer.push(0);
+        assert!(decode_entry(&longer).is_err());
+        assert!(decode_entry(&payload[..payload.len() - 1]).is_err());
     }
 
     #[test]

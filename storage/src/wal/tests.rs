@@ -15,7 +15,7 @@ fn entry(body: &str) -> WalEntry {
 fn rows(entry: &WalEntry) -> usize {
     match entry {
         WalEntry::Write { tables, .. } => tables.iter().map(|t| t.batch.num_rows()).sum(),
-        WalEntry::Delete { .. } => 0,
+        WalEntry::Delete { .. } | WalEntry::DropTable { .. } => 0,
     }
 }
 

@@ -902,3 +902,44 @@ async fn gap_filling_plans_a_gap_fill_over_the_sorted_aggregate() {
     );
     assert!(lines[exec + 1].contains("SortPreservingMergeExec: [host@1 ASC"));
 }
+
+#[tokio::test]
+async fn a_query_for_one_series_reads_only_its_pages_of_a_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    // 200 series x 20 points; `host` has the most distinct values, so segments are sorted
+    // by host first and one host's rows sit in one page of the 4.
+    let mut body = String::new();
+    for t in 0..20 {
+        for h in 0..200 {
+            body.push_str(&format!(
+                "cpu,dc=d{},host=h{h:03} u={t} {}\n",
+                h % 3,
+                1000 + t
+            ));
+        }
+    }
+    engine
+        .write_lp("m", body.as_bytes(), Precision::Second)
+        .unwrap();
+    engine.flush().unwrap();
+    assert_eq!(
+        engine.catalog().table("m", "cpu").unwrap().sort_tags,
+        ["host", "dc"]
+    );
+    let query = QueryEngine::new(engine);
+    let plan = show(
+        &query,
+        "m",
+        "EXPLAIN ANALYZE SELECT avg(u) FROM cpu WHERE host = 'h042'",
+    )
+    .await;
+    assert!(
+        plan.contains("page_index_pages_pruned=4 total → 1 matched"),
+        "{plan}"
+    );
+    assert_eq!(
+        scalar(&query, "m", "SELECT avg(u) FROM cpu WHERE host = 'h042'").await,
+        "9.5"
+    );
+}

@@ -179,6 +179,12 @@ pub struct TableDef {
     /// Deletes that still hide rows of some segments (see [`crate::delete`]).
     #[serde(default)]
     pub tombstones: Vec<Tombstone>,
+    /// The tags segments are sorted by first, in this order: chosen at the table's first
+    /// flush, the tag with the most distinct values first, so that a query for one series
+    /// (`host = 'a'`) reads a few pages of each segment (the Parquet page index says which).
+    /// Tags that appear later are appended at the flush that first sees them.
+    #[serde(default)]
+    pub sort_tags: Vec<String>,
     #[serde(skip)]
     schema: Option<SchemaRef>,
 }
@@ -194,6 +200,7 @@ impl TableDef {
             }],
             segments: Vec::new(),
             tombstones: Vec::new(),
+            sort_tags: Vec::new(),
             schema: None,
         };
         table.refresh_schema();
@@ -234,6 +241,20 @@ impl TableDef {
             .collect();
         tags.sort_unstable();
         tags
+    }
+
+    /// The columns segments are sorted by (see [`TableDef::sort_tags`]).
+    pub fn sort_key(&self) -> Vec<usize> {
+        crate::dedup::sort_key(&self.schema(), &self.sort_tags)
+    }
+
+    /// Tags not in [`TableDef::sort_tags`] yet.
+    pub fn unsorted_tags(&self) -> Vec<String> {
+        self.columns
+            .iter()
+            .filter(|c| c.column_type == ColumnType::Tag && !self.sort_tags.contains(&c.name))
+            .map(|c| c.name.clone())
+            .collect()
     }
 
     fn refresh_schema(&mut self) {

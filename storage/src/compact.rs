@@ -7,7 +7,7 @@ use arrow::record_batch::RecordBatch;
 
 use crate::buffer::{ChunkKey, widen};
 use crate::catalog::SegmentMeta;
-use crate::dedup::dedup_sort;
+use crate::dedup::dedup_sort_by;
 use crate::delete::{Tombstone, deleted_rows, remove_rows};
 use crate::engine::Engine;
 use crate::error::Result;
@@ -108,7 +108,7 @@ impl Engine {
     }
 
     fn compact_window(&self, plan: Plan) -> Result<()> {
-        let (schema, rel_path, id) = {
+        let (schema, sort_key, rel_path, id) = {
             let mut catalog = self.catalog.write().expect("catalog lock");
             let id = catalog.next_segment_id();
             let Some(db) = catalog.database(&plan.db) else {
@@ -125,7 +125,7 @@ impl Engine {
                 plan.window_start,
                 id.0,
             );
-            (table.schema(), path, id)
+            (table.schema(), table.sort_key(), path, id)
         };
         let mut batches: Vec<RecordBatch> = Vec::new();
         for s in &plan.segments {
@@ -138,13 +138,14 @@ impl Engine {
                     .map(|b| widen(b, &schema)),
             );
         }
-        let merged = dedup_sort(&schema, &batches)?;
+        let merged = dedup_sort_by(&schema, &sort_key, &batches)?;
         // Deletes may have emptied the window: then there is nothing to write.
         let info = match merged.num_rows() {
             0 => None,
             _ => Some(segment::write(
                 &self.config.data_dir.join(&rel_path),
                 &merged,
+                &sort_key,
             )?),
         };
         let max_seq = plan.segments.iter().map(|s| s.max_seq).max().unwrap_or(0);

@@ -5,11 +5,12 @@
 //! chunk becomes a segment, when segments are compacted, and when a reader needs one
 //! version of every point across the buffer and overlapping segments.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, UInt32Array};
-use arrow::compute::{concat_batches, take};
-use arrow::datatypes::SchemaRef;
+use arrow::array::{Array, ArrayRef, AsArray, UInt32Array};
+use arrow::compute::{cast, concat_batches, take};
+use arrow::datatypes::{DataType, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, Rows, SortField};
@@ -18,15 +19,28 @@ use crate::catalog::{COLUMN_KIND_KEY, TIME_COLUMN};
 
 /// Indices of the identity columns (tags in name order, then time) in `schema`.
 pub fn key_columns(schema: &SchemaRef) -> Vec<usize> {
-    let mut tags: Vec<(usize, &String)> = schema
+    sort_key(schema, &[])
+}
+
+/// The columns a table's segments are sorted by: the tags named in `leading` first, in that
+/// order (the table's choice, `TableDef::sort_tags`), then its other tags by name, then
+/// time. Every order of the same columns identifies a point the same way.
+pub fn sort_key(schema: &SchemaRef, leading: &[String]) -> Vec<usize> {
+    let mut tags: Vec<(usize, usize, &String)> = schema
         .fields()
         .iter()
         .enumerate()
         .filter(|(_, f)| f.metadata().get(COLUMN_KIND_KEY).map(String::as_str) == Some("tag"))
-        .map(|(i, f)| (i, f.name()))
+        .map(|(i, f)| {
+            let rank = leading
+                .iter()
+                .position(|l| l == f.name())
+                .unwrap_or(usize::MAX);
+            (rank, i, f.name())
+        })
         .collect();
-    tags.sort_by(|a, b| a.1.cmp(b.1));
-    let mut keys: Vec<usize> = tags.into_iter().map(|(i, _)| i).collect();
+    tags.sort_by(|a, b| (a.0, a.2).cmp(&(b.0, b.2)));
+    let mut keys: Vec<usize> = tags.into_iter().map(|(_, i, _)| i).collect();
     keys.push(
         schema
             .index_of(TIME_COLUMN)
@@ -35,20 +49,59 @@ pub fn key_columns(schema: &SchemaRef) -> Vec<usize> {
     keys
 }
 
+/// The tags of `names` ordered by how many distinct values `batches` hold of each, most
+/// first (ties by name); a batch without a tag holds NULL for it.
+pub fn by_distinct_values(batches: &[RecordBatch], names: &[String]) -> Vec<String> {
+    let mut counted: Vec<(usize, &String)> = names
+        .iter()
+        .map(|name| {
+            let columns: Vec<Option<ArrayRef>> = batches
+                .iter()
+                .map(|b| {
+                    b.column_by_name(name)
+                        .and_then(|c| cast(c, &DataType::Utf8).ok())
+                })
+                .collect();
+            let mut values: HashSet<Option<&str>> = HashSet::new();
+            for column in &columns {
+                match column {
+                    Some(strings) => values.extend(strings.as_string::<i32>().iter()),
+                    None => {
+                        values.insert(None);
+                    }
+                }
+            }
+            (values.len(), name)
+        })
+        .collect();
+    counted.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    counted.into_iter().map(|(_, name)| name.clone()).collect()
+}
+
 /// Sorts `batches` (oldest first, all of `schema`) by identity and merges duplicates.
 pub fn dedup_sort(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch, ArrowError> {
-    dedup_with(schema, batches, true)
+    dedup_with(schema, &key_columns(schema), batches, true)
+}
+
+/// [`dedup_sort`], sorting by `keys` (a [`sort_key`] of `schema`).
+pub fn dedup_sort_by(
+    schema: &SchemaRef,
+    keys: &[usize],
+    batches: &[RecordBatch],
+) -> Result<RecordBatch, ArrowError> {
+    dedup_with(schema, keys, batches, true)
 }
 
 /// Merges duplicates of `batches` (oldest first, all of `schema`), in no particular order:
 /// when no point appears twice (a hash set of identities says so), the rows are returned
 /// as they are, without sorting; otherwise as [`dedup_sort`] returns them.
 pub fn dedup(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch, ArrowError> {
-    dedup_with(schema, batches, false)
+    dedup_with(schema, &key_columns(schema), batches, false)
 }
 
 fn dedup_with(
     schema: &SchemaRef,
+    keys: &[usize],
     batches: &[RecordBatch],
     sort: bool,
 ) -> Result<RecordBatch, ArrowError> {
@@ -57,8 +110,7 @@ fn dedup_with(
     if n == 0 {
         return Ok(all);
     }
-    let keys = key_columns(schema);
-    let rows = key_rows(&all, &keys)?;
+    let rows = key_rows(&all, keys)?;
 
     let mut order: Vec<u32> = (0..n as u32).collect();
     let sorted = (1..n).all(|i| rows.row(i - 1) < rows.row(i));

@@ -21,7 +21,7 @@ use crossbeam::channel::{RecvTimeoutError, Sender};
 use crate::buffer::{Buffer, ChunkKey, widen};
 use crate::catalog::{COLUMN_KIND_KEY, Catalog, ColumnType, ScoringRule, SegmentMeta};
 use crate::config::EngineConfig;
-use crate::dedup::{dedup, dedup_sort};
+use crate::dedup::{by_distinct_values, dedup, dedup_sort, dedup_sort_by};
 use crate::delete::{DeletePredicate, Tombstone, deleted_rows, remove_rows};
 use crate::error::{Error, Result};
 use crate::lineproto::{LineError, parse_lines};
@@ -801,26 +801,48 @@ impl Engine {
                 max_seq,
             )
         };
-        let (schema, rel_path, segment_id) = {
+        // Tags the table has no sort position for yet get one, from this window's rows.
+        let unsorted = self
+            .catalog
+            .read()
+            .expect("catalog lock")
+            .table(&key.db, &key.table)
+            .map(|t| t.unsorted_tags())
+            .unwrap_or_default();
+        let newly_sorted = match unsorted.is_empty() {
+            true => Vec::new(),
+            false => by_distinct_values(&batches, &unsorted),
+        };
+        let (schema, sort_key, rel_path, segment_id) = {
             let mut catalog = self.catalog.write().expect("catalog lock");
             let segment_id = catalog.next_segment_id();
-            let db = catalog
-                .database(&key.db)
+            let (db_name, db_id) = {
+                let db = catalog
+                    .database(&key.db)
+                    .expect("buffered tables are in the catalog");
+                (db.name.clone(), db.id)
+            };
+            let table = catalog
+                .table_mut(&key.db, &key.table)
                 .expect("buffered tables are in the catalog");
-            let table = &db.tables[&key.table];
+            for tag in newly_sorted {
+                if !table.sort_tags.contains(&tag) {
+                    table.sort_tags.push(tag);
+                }
+            }
             let path = paths::segment_path(
-                &db.name,
-                db.id,
+                &db_name,
+                db_id,
                 &table.name,
                 table.id,
                 key.window_start,
                 segment_id.0,
             );
-            (table.schema(), path, segment_id)
+            (table.schema(), table.sort_key(), path, segment_id)
         };
         let widened: Vec<RecordBatch> = batches.iter().map(|b| widen(b, &schema)).collect();
-        let sorted = dedup_sort(&schema, &widened)?;
-        let info = segment::write(&self.config.data_dir.join(&rel_path), &sorted)?;
+        let sorted = dedup_sort_by(&schema, &sort_key, &widened)?;
+        let info = segment::write(&self.config.data_dir.join(&rel_path), &sorted, &sort_key)?;
         {
             let mut catalog = self.catalog.write().expect("catalog lock");
             let mut buffer = self.buffer.write().expect("buffer lock");

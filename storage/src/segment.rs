@@ -17,7 +17,6 @@ use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 use crate::catalog::TIME_COLUMN;
-use crate::dedup::key_columns;
 use crate::paths;
 
 #[derive(Debug, thiserror::Error)]
@@ -51,9 +50,18 @@ pub struct SegmentInfo {
 /// Rows per row group: small enough to prune inside a segment, large enough to compress.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 
-/// Writes `batch` (sorted and deduplicated, see [`crate::dedup::dedup_sort`]) to `path`
-/// durably: a temporary file, fsynced, renamed into place, the directory fsynced.
-pub fn write(path: &Path, batch: &RecordBatch) -> Result<SegmentInfo, SegmentError> {
+/// Rows per data page, at most: the page index's statistics then narrow a query for one
+/// series (rows next to each other, see `TableDef::sort_tags`) to a page or two per column.
+const PAGE_ROWS: usize = 1024;
+
+/// Writes `batch` (deduplicated and sorted by the columns `sort_key`, see
+/// [`crate::dedup::dedup_sort_by`]) to `path` durably: a temporary file, fsynced, renamed
+/// into place, the directory fsynced. The file records the sort order.
+pub fn write(
+    path: &Path,
+    batch: &RecordBatch,
+    sort_key: &[usize],
+) -> Result<SegmentInfo, SegmentError> {
     let shown = path.display().to_string();
     let io = |source| SegmentError::Io {
         path: shown.clone(),
@@ -69,9 +77,9 @@ pub fn write(path: &Path, batch: &RecordBatch) -> Result<SegmentInfo, SegmentErr
     let (min_time, max_time) = (min(times).unwrap_or(0), max(times).unwrap_or(0));
 
     let schema = batch.schema();
-    let sorting: Vec<SortingColumn> = key_columns(&schema)
-        .into_iter()
-        .map(|i| SortingColumn {
+    let sorting: Vec<SortingColumn> = sort_key
+        .iter()
+        .map(|&i| SortingColumn {
             column_idx: i as i32,
             descending: false,
             nulls_first: true,
@@ -83,6 +91,7 @@ pub fn write(path: &Path, batch: &RecordBatch) -> Result<SegmentInfo, SegmentErr
         ))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_data_page_row_count_limit(PAGE_ROWS)
         .set_sorting_columns(Some(sorting))
         .build();
 

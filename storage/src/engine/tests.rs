@@ -597,3 +597,55 @@ fn a_table_a_scoring_rule_scores_cannot_be_dropped() {
     engine.drop_scoring_rule("db", "fraud").unwrap();
     engine.drop_table("db", "pay").unwrap();
 }
+
+#[test]
+fn segments_sort_by_the_tag_with_most_values_first_and_record_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path());
+    engine
+        .write_lp(
+            "db",
+            b"cpu,a=x,z=3 v=1 1\ncpu,a=x,z=1 v=2 1\ncpu,a=y,z=2 v=3 1",
+            Precision::Second,
+        )
+        .unwrap();
+    engine.flush().unwrap();
+    let table = engine.catalog().table("db", "cpu").unwrap().clone();
+    assert_eq!(table.sort_tags, ["z", "a"]);
+    // The rows are in that order, and the file says so.
+    let path = dir.path().join(&table.segments[0].path);
+    let rows =
+        arrow::compute::concat_batches(&table.schema(), &segment::read(&path).unwrap()).unwrap();
+    let v = rows.column_by_name("v").unwrap();
+    let v = v.as_any().downcast_ref::<Float64Array>().unwrap();
+    assert_eq!(v.values().to_vec(), [2.0, 3.0, 1.0]);
+    let file = std::fs::File::open(path).unwrap();
+    let reader = parquet::file::reader::SerializedFileReader::new(file).unwrap();
+    use parquet::file::reader::FileReader;
+    let sorting = reader
+        .metadata()
+        .row_group(0)
+        .sorting_columns()
+        .unwrap()
+        .clone();
+    let schema = table.schema();
+    let names: Vec<&str> = sorting
+        .iter()
+        .map(|c| schema.field(c.column_idx as usize).name().as_str())
+        .collect();
+    assert_eq!(names, ["z", "a", "time"]);
+
+    // A tag that appears later goes after them; the order already chosen stays.
+    engine
+        .write_lp("db", b"cpu,a=x,z=9,b=q v=4 2", Precision::Second)
+        .unwrap();
+    engine.flush().unwrap();
+    let table = engine.catalog().table("db", "cpu").unwrap().clone();
+    assert_eq!(table.sort_tags, ["z", "a", "b"]);
+    drop(engine);
+    let engine = open(dir.path());
+    assert_eq!(
+        engine.catalog().table("db", "cpu").unwrap().sort_tags,
+        ["z", "a", "b"]
+    );
+}

@@ -113,12 +113,29 @@ pub fn validate<'a>(
                     continue;
                 }
             };
+            let mut any_good = false;
+            let mut refused = Vec::new();
             for line in lines {
-                if check_line(&mut Resolver::new(table), line, precision, true).is_ok()
-                    && let Err(message) = add_new_columns(table, line, limits)
-                {
-                    over_limit.insert(line.line_number, message);
+                match check_line(&mut Resolver::new(table), line, precision, true) {
+                    Ok(_) => match add_new_columns(table, line, limits) {
+                        Ok(()) => any_good = true,
+                        Err(message) => {
+                            over_limit.insert(line.line_number, message);
+                        }
+                    },
+                    Err(message) => refused.push(line_error(line, message)),
                 }
+            }
+            // A table none of whose lines is good is not made: a bad line leaves no trace.
+            // (The pass below skips it, so its lines' errors are reported here.)
+            if new_table && !any_good {
+                cat.drop_table(db, name);
+                errors.extend(refused);
+                errors.extend(
+                    lines
+                        .iter()
+                        .filter_map(|l| Some(line_error(l, over_limit.remove(&l.line_number)?))),
+                );
             }
         }
     }

@@ -40,6 +40,12 @@ fn a_body_of_only_bad_lines_writes_nothing() {
         .unwrap();
     assert_eq!((out.rows, out.errors.len(), out.seq), (0, 2, None));
     assert!(engine.snapshot("db", "nope").is_none());
+    // Lines that parse but are refused (a timestamp out of range) make no table either.
+    let out = engine
+        .write_lp("db", b"cpu v=1 1700000000000000000", Precision::Second)
+        .unwrap();
+    assert_eq!((out.rows, out.errors.len()), (0, 1));
+    assert!(engine.catalog().table("db", "cpu").is_none());
 }
 
 #[test]

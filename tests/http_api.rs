@@ -226,6 +226,46 @@ fn queries_in_every_format_and_their_errors() {
 }
 
 #[test]
+fn large_results_stream_in_every_format() {
+    let server = TestServer::start();
+    assert_eq!(server.write("m", b"cpu usage=1 1700000000").0, 204);
+    // 100,000 rows: a dozen DataFusion batches, sent as they come (chunked, no length).
+    let sql = "SELECT value FROM generate_series(1, 100000) AS t(value)";
+    let script = r#"
+import io, json, sys, urllib.parse, urllib.request
+import pyarrow.parquet as pq
+base, sql = sys.argv[1], sys.argv[2]
+out = {}
+for fmt in ["json", "jsonl", "csv", "parquet"]:
+    url = base + "?" + urllib.parse.urlencode({"db": "m", "q": sql, "format": fmt})
+    with urllib.request.urlopen(url) as r:
+        body = r.read()
+        chunked = r.headers.get("Transfer-Encoding") == "chunked" and r.headers.get("Content-Length") is None
+    if fmt == "json":
+        rows = [r["value"] for r in json.loads(body)]
+    elif fmt == "jsonl":
+        rows = [json.loads(l)["value"] for l in body.decode().splitlines()]
+    elif fmt == "csv":
+        lines = body.decode().splitlines()
+        assert lines[0] == "value", lines[0]
+        rows = [int(l) for l in lines[1:]]
+    else:
+        rows = pq.read_table(io.BytesIO(body)).column("value").to_pylist()
+    out[fmt] = [len(rows), rows[0], rows[-1], sum(rows), chunked]
+print(json.dumps(out))
+"#;
+    let out = run_python(script, &[&server.url("/api/v3/query_sql"), sql]);
+    let expected = json!([100000, 1, 100000, 5000050000u64, true]);
+    let got = json_body(out.trim().as_bytes());
+    for format in ["json", "jsonl", "csv", "parquet"] {
+        assert_eq!(got[format], expected, "{format}: {out}");
+    }
+    // Nothing was lost to the early answers: an empty result is still a valid document.
+    let (status, out) = query(&server, "m", "SELECT * FROM cpu WHERE usage > 5", "json");
+    assert_eq!((status, json_body(&out)), (200, json!([])));
+}
+
+#[test]
 fn bodies_beyond_the_limit_are_refused_and_nothing_is_written() {
     let server = TestServer::start_in(tempfile::tempdir().unwrap(), &["--max-body-bytes", "4096"]);
     let big: Vec<u8> = (0..200)

@@ -91,6 +91,80 @@ impl QueryError {
     }
 }
 
+/// What planning a statement gave.
+enum Planned {
+    /// Carried out already (Gannet's own statements): no rows.
+    Done,
+    /// To run, with the turn it holds.
+    Frame(
+        Box<datafusion::dataframe::DataFrame>,
+        tokio::sync::OwnedSemaphorePermit,
+    ),
+}
+
+/// The rows of a query as they are computed (see [`QueryEngine::sql_stream`]).
+pub struct QueryStream {
+    inner: datafusion::execution::SendableRecordBatchStream,
+    _turn: Option<tokio::sync::OwnedSemaphorePermit>,
+    running: Option<system::RunningQuery>,
+    rows: usize,
+}
+
+impl std::fmt::Debug for QueryStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryStream")
+            .field("rows", &self.rows)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QueryStream {
+    /// The schema of the batches.
+    pub fn schema(&self) -> arrow::datatypes::SchemaRef {
+        self.inner.schema()
+    }
+}
+
+impl futures::Stream for QueryStream {
+    type Item = Result<RecordBatch, QueryError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let polled = self.inner.as_mut().poll_next(cx);
+        match polled {
+            Poll::Ready(Some(Ok(batch))) => {
+                self.rows += batch.num_rows();
+                Poll::Ready(Some(Ok(batch)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let e = QueryError::from(e);
+                if let Some(running) = self.running.take() {
+                    running.finish(Err(e.to_string()));
+                }
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                if let Some(running) = self.running.take() {
+                    running.finish(Ok(self.rows));
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for QueryStream {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.finish(Err("canceled: the client went away".to_owned()));
+        }
+    }
+}
+
 /// Runs SQL against the databases of one storage engine.
 #[derive(Debug, Clone)]
 pub struct QueryEngine {
@@ -250,12 +324,62 @@ impl QueryEngine {
         result
     }
 
+    /// Runs one SQL statement in database `db` with `access`, its rows streamed batch by
+    /// batch as they are computed: a result of millions of rows is never held whole. The
+    /// query keeps its turn among the concurrent queries, and is logged in
+    /// `system.queries`, until the stream ends or is dropped.
+    pub async fn sql_stream(
+        &self,
+        db: &str,
+        sql: &str,
+        access: Access,
+    ) -> Result<QueryStream, QueryError> {
+        let running = self.log.start(db, sql);
+        let planned = match self.plan(db, sql, access).await {
+            Ok(planned) => planned,
+            Err(e) => {
+                running.finish(Err(e.to_string()));
+                return Err(e);
+            }
+        };
+        let (inner, turn) = match planned {
+            Planned::Done => {
+                let schema = Arc::new(arrow::datatypes::Schema::empty());
+                let empty = datafusion::physical_plan::EmptyRecordBatchStream::new(schema);
+                let inner: datafusion::execution::SendableRecordBatchStream = Box::pin(empty);
+                (inner, None)
+            }
+            Planned::Frame(frame, turn) => match frame.execute_stream().await {
+                Ok(inner) => (inner, Some(turn)),
+                Err(e) => {
+                    let e = QueryError::from(e);
+                    running.finish(Err(e.to_string()));
+                    return Err(e);
+                }
+            },
+        };
+        Ok(QueryStream {
+            inner,
+            _turn: turn,
+            running: Some(running),
+            rows: 0,
+        })
+    }
+
     async fn run(
         &self,
         db: &str,
         sql: &str,
         access: Access,
     ) -> Result<Vec<RecordBatch>, QueryError> {
+        match self.plan(db, sql, access).await? {
+            Planned::Done => Ok(Vec::new()),
+            Planned::Frame(frame, _turn) => Ok(frame.collect().await?),
+        }
+    }
+
+    /// Carries out Gannet's own statements; plans the others, holding a turn for them.
+    async fn plan(&self, db: &str, sql: &str, access: Access) -> Result<Planned, QueryError> {
         let read_only = read_only_refused;
         if let Some(statement) = scoring::statement::parse(sql) {
             if access == Access::ReadOnly {
@@ -263,16 +387,16 @@ impl QueryEngine {
             }
             let statement = statement.map_err(|e| error::SqlError::new("42601", e))?;
             self.execute_scoring(db, statement).await?;
-            return Ok(Vec::new());
+            return Ok(Planned::Done);
         }
         if let Some(statement) = single_sql_statement(sql)
             && let Some(done) = self.execute_own_with(db, &statement, access)
         {
             done?;
-            return Ok(Vec::new());
+            return Ok(Planned::Done);
         }
         let ctx = self.session(db)?;
-        let _turn = self.turn().await;
+        let turn = self.turn().await;
         let frame = match access {
             Access::ReadWrite => ctx.sql(sql).await?,
             Access::ReadOnly => {
@@ -288,7 +412,7 @@ impl QueryEngine {
                 }
             }
         };
-        Ok(frame.collect().await?)
+        Ok(Planned::Frame(Box::new(frame), turn))
     }
 
     /// Carries out the statements that are Gannet's rather than DataFusion's, in database

@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures::StreamExt as _;
 use gannet_query::{Access, QueryEngine, QueryError};
 use gannet_storage::{Engine, Precision, WriteOutcome};
 use serde::Deserialize;
@@ -471,6 +472,9 @@ impl Format {
 }
 
 /// A query; `access` is read-only for a read token (only admin tokens may write with SQL).
+/// The rows are streamed as they are computed, batch by batch: a result of millions of rows
+/// is never held whole (`pretty`, which needs every row to size its columns, excepted). An
+/// error before the first batch is a 4xx answer; a later one cuts the response short.
 async fn query(
     state: Arc<HttpState>,
     params: QueryParams,
@@ -480,9 +484,73 @@ async fn query(
     let sql = required(params.q, "q")?;
     let format = Format::parse(params.format.as_deref())?;
     let started = Instant::now();
-    let result = state.query.sql_with(&db, &sql, access).await;
-    state.metrics.query_done(started.elapsed(), result.is_ok());
-    let batches = result.map_err(|e| match e {
+    let failed = |state: &HttpState, e: QueryError| {
+        state.metrics.query_done(started.elapsed(), false);
+        query_error(e)
+    };
+    let mut rows = match state.query.sql_stream(&db, &sql, access).await {
+        Ok(rows) => rows,
+        Err(e) => return Err(failed(&state, e)),
+    };
+    // Most errors show up as the first batch is computed: answer those with a status.
+    let first = match rows.next().await {
+        Some(Err(e)) => return Err(failed(&state, e)),
+        first => first.map(|batch| batch.expect("errors answered above")),
+    };
+    let mut encoder = Encoder::new(format);
+    let head = match first.as_ref().map(|batch| encoder.write(batch)).transpose() {
+        Ok(head) => head.unwrap_or_default(),
+        Err(e) => {
+            state.metrics.query_done(started.elapsed(), false);
+            return Err(encoding_failed(e));
+        }
+    };
+    let more = first.is_some();
+    let body = futures::stream::unfold(
+        Some((rows, encoder, state, more)),
+        move |progress| async move {
+            let (mut rows, mut encoder, state, more) = progress?;
+            loop {
+                let next = if more { rows.next().await } else { None };
+                let chunk = match next {
+                    Some(Ok(batch)) => encoder.write(&batch),
+                    Some(Err(e)) => {
+                        state.metrics.query_done(started.elapsed(), false);
+                        tracing::warn!(error = %e, "a query failed after its first rows were sent");
+                        return Some((Err(BodyError::from(e.message())), None));
+                    }
+                    None => {
+                        state.metrics.query_done(started.elapsed(), true);
+                        let last = encoder.finish().map_err(|e| BodyError::from(e.to_string()));
+                        return Some((last.map(Bytes::from), None));
+                    }
+                };
+                match chunk {
+                    Ok(chunk) if chunk.is_empty() => continue,
+                    Ok(chunk) => {
+                        return Some((Ok(Bytes::from(chunk)), Some((rows, encoder, state, true))));
+                    }
+                    Err(e) => return Some((Err(BodyError::from(e.to_string())), None)),
+                }
+            }
+        },
+    );
+    let body =
+        futures::stream::once(async move { Ok::<_, BodyError>(Bytes::from(head)) }).chain(body);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(format.content_type()),
+        )],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
+}
+
+type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+fn query_error(e: QueryError) -> ApiError {
+    match e {
         QueryError::UnknownDatabase(_) => ApiError {
             status: StatusCode::NOT_FOUND,
             message: e.to_string(),
@@ -497,65 +565,101 @@ async fn query(
             message: e.to_string(),
         },
         QueryError::Storage(e) => storage_error(e),
-    })?;
-    let body = encode(&batches, format).map_err(|e| ApiError {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        message: format!("encoding the result failed: {e}"),
-    })?;
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(format.content_type()),
-        )],
-        body,
-    )
-        .into_response())
+    }
 }
 
-fn encode(batches: &[RecordBatch], format: Format) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
-    let mut out = Vec::new();
-    match format {
-        Format::Json => {
-            let mut writer = arrow::json::ArrayWriter::new(&mut out);
-            for batch in batches {
-                writer.write(batch)?;
+fn encoding_failed(e: BodyError) -> ApiError {
+    ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: format!("encoding the result failed: {e}"),
+    }
+}
+
+/// Encodes a result in one format, batch by batch: each `write` returns the bytes ready to
+/// send, `finish` the rest.
+enum Encoder {
+    Json(arrow::json::ArrayWriter<Vec<u8>>, bool),
+    JsonLines(arrow::json::LineDelimitedWriter<Vec<u8>>),
+    Csv { header: bool },
+    Pretty(Vec<RecordBatch>),
+    Parquet(Option<parquet::arrow::ArrowWriter<Vec<u8>>>),
+}
+
+impl Encoder {
+    fn new(format: Format) -> Encoder {
+        match format {
+            Format::Json => Encoder::Json(arrow::json::ArrayWriter::new(Vec::new()), false),
+            Format::JsonLines => {
+                Encoder::JsonLines(arrow::json::LineDelimitedWriter::new(Vec::new()))
             }
-            writer.finish()?;
-            if out.is_empty() {
-                out.extend_from_slice(b"[]");
-            }
-        }
-        Format::JsonLines => {
-            let mut writer = arrow::json::LineDelimitedWriter::new(&mut out);
-            for batch in batches {
-                writer.write(batch)?;
-            }
-            writer.finish()?;
-        }
-        Format::Csv => {
-            let mut writer = arrow::csv::WriterBuilder::new()
-                .with_header(true)
-                .build(&mut out);
-            for batch in batches {
-                writer.write(batch)?;
-            }
-        }
-        Format::Pretty => {
-            let table = arrow::util::pretty::pretty_format_batches(batches)?;
-            out = format!("{table}\n").into_bytes();
-        }
-        Format::Parquet => {
-            let Some(first) = batches.first() else {
-                return Ok(out);
-            };
-            let mut writer = parquet::arrow::ArrowWriter::try_new(&mut out, first.schema(), None)?;
-            for batch in batches {
-                writer.write(batch)?;
-            }
-            writer.close()?;
+            Format::Csv => Encoder::Csv { header: true },
+            Format::Pretty => Encoder::Pretty(Vec::new()),
+            Format::Parquet => Encoder::Parquet(None),
         }
     }
-    Ok(out)
+
+    fn write(&mut self, batch: &RecordBatch) -> Result<Vec<u8>, BodyError> {
+        Ok(match self {
+            Encoder::Json(writer, wrote) => {
+                writer.write(batch)?;
+                *wrote |= batch.num_rows() > 0;
+                std::mem::take(writer.get_mut())
+            }
+            Encoder::JsonLines(writer) => {
+                writer.write(batch)?;
+                std::mem::take(writer.get_mut())
+            }
+            Encoder::Csv { header } => {
+                let mut writer = arrow::csv::WriterBuilder::new()
+                    .with_header(*header)
+                    .build(Vec::new());
+                writer.write(batch)?;
+                *header = false;
+                writer.into_inner()
+            }
+            Encoder::Pretty(batches) => {
+                batches.push(batch.clone());
+                Vec::new()
+            }
+            Encoder::Parquet(writer) => {
+                let writer = match writer {
+                    Some(writer) => writer,
+                    None => writer.insert(parquet::arrow::ArrowWriter::try_new(
+                        Vec::new(),
+                        batch.schema(),
+                        None,
+                    )?),
+                };
+                writer.write(batch)?;
+                std::mem::take(writer.inner_mut())
+            }
+        })
+    }
+
+    fn finish(&mut self) -> Result<Vec<u8>, BodyError> {
+        Ok(match self {
+            Encoder::Json(writer, wrote) => {
+                if !*wrote {
+                    return Ok(b"[]".to_vec());
+                }
+                writer.finish()?;
+                std::mem::take(writer.get_mut())
+            }
+            Encoder::JsonLines(writer) => {
+                writer.finish()?;
+                std::mem::take(writer.get_mut())
+            }
+            Encoder::Csv { .. } => Vec::new(),
+            Encoder::Pretty(batches) => {
+                let table = arrow::util::pretty::pretty_format_batches(batches)?;
+                format!("{table}\n").into_bytes()
+            }
+            Encoder::Parquet(writer) => match writer.take() {
+                Some(writer) => writer.into_inner()?,
+                None => Vec::new(),
+            },
+        })
+    }
 }
 
 async fn health() -> &'static str {

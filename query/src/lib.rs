@@ -42,6 +42,7 @@ pub mod onnx;
 pub mod scoring;
 pub mod system;
 pub mod table;
+mod tag_index;
 
 pub use datafusion;
 

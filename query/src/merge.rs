@@ -18,6 +18,7 @@ use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
@@ -28,6 +29,7 @@ use gannet_storage::buffer::widen;
 use gannet_storage::catalog::SegmentMeta;
 
 use crate::table::{Cached, MergedWindows, RunContents, RunKey};
+use crate::tag_index::{Indexes, Selection, select};
 
 /// One run to merge: what it holds and how the cache knows it.
 #[derive(Debug)]
@@ -48,6 +50,7 @@ pub(crate) struct MergeExec {
     shared: Arc<Shared>,
     partitions: Vec<Vec<Arc<MergeRun>>>,
     properties: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
 }
 
 #[derive(Debug)]
@@ -58,6 +61,8 @@ struct Shared {
     /// The table's schema when the query was planned; the snapshot's may be wider.
     schema: SchemaRef,
     projection: Option<Vec<usize>>,
+    /// Tag equalities of the query's filters: only those rows go on.
+    selection: Selection,
 }
 
 impl MergeExec {
@@ -66,6 +71,7 @@ impl MergeExec {
         cache: Arc<MergedWindows>,
         schema: SchemaRef,
         projection: Option<Vec<usize>>,
+        selection: Selection,
         runs: Vec<MergeRun>,
         target_partitions: usize,
     ) -> Result<MergeExec> {
@@ -98,9 +104,11 @@ impl MergeExec {
                 cache,
                 schema,
                 projection,
+                selection,
             }),
             partitions: partitions.into_iter().map(|(_, runs)| runs).collect(),
             properties: Arc::new(properties),
+            metrics: ExecutionPlanMetricsSet::new(),
         })
     }
 }
@@ -114,8 +122,20 @@ impl MergeRun {
 }
 
 impl Shared {
-    /// The run merged, widened to the planned schema, and whether the cache keeps it.
+    /// The run merged, widened to the planned schema, narrowed to the rows the query's tag
+    /// equalities select, and whether the cache keeps the merge.
     fn merge(&self, run: &MergeRun) -> Result<(RecordBatch, bool)> {
+        let (merged, indexes) = self.merge_whole(run)?;
+        let kept = indexes.is_some();
+        if self.selection.is_empty() {
+            return Ok((merged, kept));
+        }
+        let selected = select(&merged, &self.selection, indexes.as_deref())?;
+        Ok((selected, kept))
+    }
+
+    /// The run merged and widened, and the tag indexes kept with it if the cache keeps it.
+    fn merge_whole(&self, run: &MergeRun) -> Result<(RecordBatch, Option<Arc<Indexes>>)> {
         let external = |e: gannet_storage::Error| DataFusionError::External(Box::new(e));
         let schema = &self.snapshot.schema;
         let concatenated = |first: Option<&RecordBatch>, rest: &[RecordBatch]| {
@@ -127,7 +147,9 @@ impl Shared {
             arrow::compute::concat_batches(schema, &batches)
         };
         let merged = match (self.cache.get(&run.key, &run.contents), run.concatenate) {
-            (Some(Cached::Whole(batch)), _) => return Ok((widen(&batch, &self.schema), true)),
+            (Some(Cached::Whole(batch, indexes)), _) => {
+                return Ok((widen(&batch, &self.schema), Some(indexes)));
+            }
             (Some(Cached::Prefix(batch, n)), true) => {
                 concatenated(Some(&batch), &run.buffered[n..])?
             }
@@ -141,10 +163,10 @@ impl Shared {
                 .read_merged_unordered(&run.segments, &run.buffered)
                 .map_err(external)?,
         };
-        let kept = self
+        let indexes = self
             .cache
             .put(run.key.clone(), run.contents.clone(), &merged);
-        Ok((widen(&merged, &self.schema), kept))
+        Ok((widen(&merged, &self.schema), indexes))
     }
 
     fn project(&self, batch: &RecordBatch) -> Result<RecordBatch> {
@@ -177,6 +199,15 @@ impl DisplayAs for MergeExec {
                 .map(|&i| self.shared.schema.field(i).name().as_str())
                 .collect();
             write!(f, ", projection=[{}]", names.join(", "))?;
+        }
+        if !self.shared.selection.is_empty() {
+            let tags: Vec<String> = self
+                .shared
+                .selection
+                .iter()
+                .map(|(tag, values)| format!("{tag} in ({})", values.join(", ")))
+                .collect();
+            write!(f, ", tag_index=[{}]", tags.join(", "))?;
         }
         Ok(())
     }
@@ -211,6 +242,10 @@ impl ExecutionPlan for MergeExec {
         Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
     }
 
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
     fn execute(
         &self,
         partition: usize,
@@ -224,6 +259,7 @@ impl ExecutionPlan for MergeExec {
         let reservation =
             MemoryConsumer::new(format!("MergeExec[{partition}]")).register(context.memory_pool());
         let schema = self.properties.eq_properties.schema().clone();
+        let output = BaselineMetrics::new(&self.metrics, partition);
         let merged = futures::stream::iter(runs)
             .then(move |run| {
                 let shared = shared.clone();
@@ -244,6 +280,7 @@ impl ExecutionPlan for MergeExec {
                 } else {
                     reservation.try_resize(batch.get_array_memory_size())?;
                 }
+                output.record_output(batch.num_rows());
                 let slices: Vec<Result<RecordBatch>> = (0..batch.num_rows())
                     .step_by(batch_size)
                     .map(

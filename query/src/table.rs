@@ -56,6 +56,7 @@ use gannet_storage::catalog::SegmentMeta;
 use gannet_storage::{Engine, TableSnapshot};
 
 use crate::merge::{MergeExec, MergeRun};
+use crate::tag_index::Indexes;
 
 #[derive(Debug)]
 pub struct GannetTable {
@@ -92,9 +93,12 @@ impl GannetTable {
 /// at most `limit` bytes.
 #[derive(Debug)]
 pub struct MergedWindows {
-    entries: Mutex<HashMap<RunKey, (RunContents, RecordBatch)>>,
+    entries: Mutex<HashMap<RunKey, Kept>>,
     limit: usize,
 }
+
+/// A kept merge: what it was made of, its rows, and the tag indexes built over them.
+type Kept = (RunContents, RecordBatch, Arc<Indexes>);
 
 /// A run of a table: (database, table, window start, the run's oldest segment, or with the
 /// top bit set, its oldest buffered write).
@@ -110,8 +114,8 @@ pub(crate) struct RunContents {
 
 /// What the cache holds for a run.
 pub(crate) enum Cached {
-    /// The merge of exactly what the run holds.
-    Whole(RecordBatch),
+    /// The merge of exactly what the run holds, and its tag indexes.
+    Whole(RecordBatch, Arc<Indexes>),
     /// The merge of the run's segments and its first `n` buffered writes.
     Prefix(RecordBatch, usize),
 }
@@ -131,9 +135,9 @@ impl MergedWindows {
 
     pub(crate) fn get(&self, key: &RunKey, contents: &RunContents) -> Option<Cached> {
         let entries = self.entries.lock().expect("merged windows lock");
-        let (cached, batch) = entries.get(key)?;
+        let (cached, batch, indexes) = entries.get(key)?;
         if cached == contents {
-            Some(Cached::Whole(batch.clone()))
+            Some(Cached::Whole(batch.clone(), indexes.clone()))
         } else if cached.segments == contents.segments
             && cached.newest_delete == contents.newest_delete
             && contents.buffered.starts_with(&cached.buffered)
@@ -152,28 +156,34 @@ impl MergedWindows {
             .retain(|(d, t, _, _), _| d != db || t != table);
     }
 
-    /// Keeps `batch` if it fits; returns whether it did.
-    pub(crate) fn put(&self, key: RunKey, contents: RunContents, batch: &RecordBatch) -> bool {
+    /// Keeps `batch` if it fits; returns the tag indexes kept with it if it did.
+    pub(crate) fn put(
+        &self,
+        key: RunKey,
+        contents: RunContents,
+        batch: &RecordBatch,
+    ) -> Option<Arc<Indexes>> {
         let size = batch.get_array_memory_size();
         if size > self.limit / 4 {
-            return false;
+            return None;
         }
         let mut entries = self.entries.lock().expect("merged windows lock");
         entries.remove(&key);
         let mut total: usize = entries
             .values()
-            .map(|(_, b)| b.get_array_memory_size())
+            .map(|(_, b, _)| b.get_array_memory_size())
             .sum();
         while total + size > self.limit {
             let Some(evict) = entries.keys().next().cloned() else {
                 break;
             };
-            if let Some((_, b)) = entries.remove(&evict) {
+            if let Some((_, b, _)) = entries.remove(&evict) {
                 total -= b.get_array_memory_size();
             }
         }
-        entries.insert(key, (contents, batch.clone()));
-        true
+        let indexes = Arc::new(Indexes::default());
+        entries.insert(key, (contents, batch.clone(), indexes.clone()));
+        Some(indexes)
     }
 }
 
@@ -300,6 +310,7 @@ impl TableProvider for GannetTable {
                 self.merged.clone(),
                 self.schema.clone(),
                 projection.cloned(),
+                crate::tag_index::selection(filters, &self.schema),
                 runs,
                 partitions,
             )?));

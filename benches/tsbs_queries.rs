@@ -7,6 +7,7 @@
 //! 4.32 M rows. The first half of the hours is flushed to Parquet segments, the rest stays in
 //! Gannet's write buffer. DuckDB loads the same rows from a Parquet export into its own
 //! table. Each query runs once to warm up, then TSBS_RUNS times; the table shows medians.
+//! TSBS_EXPLAIN=<query name> prints that query's EXPLAIN ANALYZE instead.
 
 use std::path::Path;
 use std::process::Command;
@@ -90,6 +91,20 @@ fn main() {
         .unwrap();
     let query = gannet_query_engine(&engine);
     let queries = tsbs::devops_queries(hours);
+    // TSBS_EXPLAIN=<query name>: where that query's time goes (EXPLAIN ANALYZE, after a
+    // warm-up run), and nothing else.
+    if let Ok(wanted) = std::env::var("TSBS_EXPLAIN") {
+        let (_, sql) = queries
+            .iter()
+            .find(|(name, _)| *name == wanted)
+            .unwrap_or_else(|| panic!("no TSBS query named {wanted}"));
+        runtime.block_on(query.sql("bench", sql)).unwrap();
+        let plan = runtime
+            .block_on(query.sql("bench", &format!("EXPLAIN ANALYZE {sql}")))
+            .unwrap();
+        println!("{}", arrow::util::pretty::pretty_format_batches(&plan).unwrap());
+        return;
+    }
     let mut gannet = Vec::new();
     for (name, sql) in &queries {
         let run = || {

@@ -102,7 +102,10 @@ fn main() {
         let plan = runtime
             .block_on(query.sql("bench", &format!("EXPLAIN ANALYZE {sql}")))
             .unwrap();
-        println!("{}", arrow::util::pretty::pretty_format_batches(&plan).unwrap());
+        println!(
+            "{}",
+            arrow::util::pretty::pretty_format_batches(&plan).unwrap()
+        );
         return;
     }
     let mut gannet = Vec::new();

@@ -32,7 +32,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::common::ScalarValue;
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::parquet::{
@@ -44,7 +44,6 @@ use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::dml::InsertOp;
-use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 use datafusion::physical_plan::ExecutionPlan;
@@ -259,14 +258,7 @@ impl TableProvider for GannetTable {
 
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         if !plan.direct.is_empty() {
-            inputs.push(self.parquet_scan(
-                state,
-                &snapshot,
-                &plan.direct,
-                projection,
-                filters,
-                limit,
-            )?);
+            inputs.push(self.parquet_scan(state, &snapshot, &plan.direct, projection, limit)?);
         }
         if !plan.merged.is_empty() || !plan.concatenated.is_empty() {
             let newest_delete = snapshot.tombstones.iter().map(|t| t.seq).max();
@@ -338,7 +330,6 @@ impl GannetTable {
         snapshot: &Arc<TableSnapshot>,
         segments: &[&SegmentMeta],
         projection: Option<&Vec<usize>>,
-        filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let url = ObjectStoreUrl::local_filesystem();
@@ -352,13 +343,11 @@ impl GannetTable {
             inner: CachedParquetFileReaderFactory::new(store, metadata),
             _snapshot: snapshot.clone(),
         };
-        let mut source = ParquetSource::new(self.schema.clone())
+        let source = ParquetSource::new(self.schema.clone())
             .with_parquet_file_reader_factory(Arc::new(reader))
             .with_enable_page_index(true);
-        if let Some(predicate) = conjunction(filters.iter().cloned()) {
-            let df_schema = DFSchema::try_from(self.schema.clone())?;
-            source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
-        }
+        // No predicate here: DataFusion's physical filter pushdown hands the scan the
+        // filters above it (setting them here too made every conjunct appear twice).
         let partitions = state.config().target_partitions().max(1);
         let group_count = partitions.min(segments.len());
         let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); group_count];

@@ -9,8 +9,9 @@
 //!   time range ([`TimeRange`], from the pushed-down filters) are dropped before anything
 //!   is opened.
 //! - A run of one segment that no delete touches is read straight from Parquet: one
-//!   `DataSourceExec` over all such files, with the query's filters as the Parquet
-//!   predicate (row groups and pages pruned by their statistics) and its projection.
+//!   `DataSourceExec` over all such files, with its projection; DataFusion's physical
+//!   filter pushdown gives it the query's filters as the Parquet predicate (row groups and
+//!   pages pruned by their statistics and the page index).
 //! - Runs of one buffered write in which no point appears twice need no merging: a
 //!   window's such writes are only concatenated (data written in time order is all read
 //!   this way), by [`MergeExec`] too, and kept like merges.

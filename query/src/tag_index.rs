@@ -5,8 +5,8 @@
 //!
 //! A window's index is built from its rows the first time a query selects on that tag, and
 //! kept with the window's merge in [`crate::table::MergedWindows`] for as long as the merge
-//! is; a window the cache does not keep is indexed for that query only (no slower than
-//! filtering it).
+//! is; a window the cache does not keep is scanned once for the values asked for (no index
+//! is built for it).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -163,6 +163,37 @@ impl TagIndex {
         Ok(TagIndex { rows })
     }
 
+    /// The rows of `column` holding one of `values`, found by one pass, without an index.
+    fn scan(column: &ArrayRef, values: &[String]) -> Result<RoaringBitmap> {
+        let mut rows = RoaringBitmap::new();
+        if let Some(dictionary) = column.as_any_dictionary_opt() {
+            if dictionary.values().is_empty() {
+                return Ok(rows);
+            }
+            let dictionary_values = cast(dictionary.values(), &DataType::Utf8)?;
+            let dictionary_values = dictionary_values.as_string::<i32>();
+            let wanted: Vec<bool> = (0..dictionary_values.len())
+                .map(|k| {
+                    dictionary_values.is_valid(k)
+                        && values.iter().any(|v| v == dictionary_values.value(k))
+                })
+                .collect();
+            for (row, &key) in dictionary.normalized_keys().iter().enumerate() {
+                if wanted[key] && column.is_valid(row) {
+                    rows.insert(row as u32);
+                }
+            }
+        } else {
+            let strings = cast(column, &DataType::Utf8)?;
+            for (row, value) in strings.as_string::<i32>().iter().enumerate() {
+                if value.is_some_and(|v| values.iter().any(|w| w == v)) {
+                    rows.insert(row as u32);
+                }
+            }
+        }
+        Ok(rows)
+    }
+
     fn rows_of(&self, values: &[String]) -> RoaringBitmap {
         values
             .iter()
@@ -202,11 +233,10 @@ pub(crate) fn select(
             continue;
         };
         let column = batch.column(position);
-        let index = match indexes {
-            Some(indexes) => indexes.get_or_build(name, column)?,
-            None => Arc::new(TagIndex::build(column)?),
+        let rows = match indexes {
+            Some(indexes) => indexes.get_or_build(name, column)?.rows_of(values),
+            None => TagIndex::scan(column, values)?,
         };
-        let rows = index.rows_of(values);
         chosen = Some(match chosen {
             Some(before) => before & rows,
             None => rows,

@@ -201,13 +201,15 @@ fn grafana_queries_through_the_simple_protocol() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "1600", "{out}");
     assert!(lines.contains(&"cpu"), "{out}");
-    // The column listing names DataFusion's types for now (information_schema is
-    // DataFusion's); psql's \d, which reads pg_catalog, shows PostgreSQL's.
-    for column in ["host|", "usage|", "time|"] {
-        assert!(
-            lines.iter().any(|l| l.starts_with(column)),
-            "{column} missing from:\n{out}"
-        );
+    // The column listing names PostgreSQL's types, as for a PostgreSQL table.
+    for column in [
+        "host|text",
+        "usage|double precision",
+        "cores|bigint",
+        "ok|boolean",
+        "time|timestamp without time zone",
+    ] {
+        assert!(lines.contains(&column), "{column} missing from:\n{out}");
     }
     // 22:13:20 and 22:13:30 fall in the minute that starts at 1699999980.
     assert_eq!(
@@ -256,8 +258,21 @@ fn sqlalchemy_lists_tables_and_runs_core_queries() {
     let script = r#"
 import sys, sqlalchemy as sa
 engine = sa.create_engine(f"postgresql+psycopg://test@{sys.argv[1]}/m")
-assert sa.inspect(engine).get_table_names() == ["cpu"]
-cpu = sa.Table("cpu", sa.MetaData(), sa.Column("host", sa.Text), sa.Column("usage", sa.Float))
+inspector = sa.inspect(engine)
+assert inspector.get_table_names() == ["cpu"]
+assert inspector.get_pk_constraint("cpu")["constrained_columns"] == []
+assert inspector.get_indexes("cpu") == [] and inspector.get_foreign_keys("cpu") == []
+# Reflection: the table's columns with their PostgreSQL types, as a Table to query.
+cpu = sa.Table("cpu", sa.MetaData(), autoload_with=engine)
+types = {c.name: (type(c.type).__name__, c.nullable) for c in cpu.columns}
+assert types == {
+    "cores": ("BIGINT", True),
+    "host": ("TEXT", True),
+    "ok": ("BOOLEAN", True),
+    "region": ("TEXT", True),
+    "usage": ("DOUBLE_PRECISION", True),
+    "time": ("TIMESTAMP", False),
+}, types
 query = (
     sa.select(cpu.c.host, sa.func.max(cpu.c.usage).label("top"))
     .where(cpu.c.usage > 0.2)
@@ -271,6 +286,122 @@ with engine.connect() as conn:
 print("ok")
 "#;
     assert_eq!(run_python(script, &[&server.pg.to_string()]).trim(), "ok");
+}
+
+#[test]
+fn subqueries_over_gannet_tables_answer_as_in_postgres() {
+    // Correlated scalar subqueries in a projection, qualified by table name and by alias,
+    // in both protocols: datafusion-pg-catalog's parser would make them NULL.
+    let server = server_with_cpu();
+    let by_name = "SELECT host, (SELECT max(c2.usage) FROM cpu c2 WHERE c2.host = cpu.host) AS top \
+                   FROM cpu WHERE usage < 1 ORDER BY host, usage";
+    let by_alias = "SELECT c1.host, (SELECT count(*) FROM cpu c2 WHERE c2.region = c1.region) AS n \
+                    FROM cpu c1 WHERE c1.host = 'b' ORDER BY 1, 2";
+    let (ok, out, err) = server.psql("m", &["-A", "-t", "-c", by_name, "-c", by_alias]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "a|1.5\nc|0.30000000000000004\nc|0.30000000000000004\nb|4\nb|4\n"
+    );
+    let script = format!(
+        r#"
+import sys, psycopg
+with psycopg.connect(sys.argv[1]) as conn:
+    rows = conn.execute("{by_alias} LIMIT %s", (1,)).fetchall()
+    assert rows == [("b", 4)], rows
+print("ok")
+"#
+    );
+    assert_eq!(run_python(&script, &[&server.dsn("m")]).trim(), "ok");
+}
+
+#[test]
+fn settings_belong_to_the_connection_that_sets_them() {
+    let server = server_with_cpu();
+    let script = r#"
+import sys, psycopg
+from psycopg import errors
+a = psycopg.connect(sys.argv[1], autocommit=True)
+b = psycopg.connect(sys.argv[1], autocommit=True)
+a.execute("SET datafusion.execution.batch_size = 7")
+show = "SHOW datafusion.execution.batch_size"
+assert a.execute(show).fetchall() == [("datafusion.execution.batch_size", "7")]
+assert b.execute(show).fetchall() == [("datafusion.execution.batch_size", "8192")]
+# Queries on the connection run with its settings, parameters bound as before.
+rows = a.execute("SELECT host, max(usage) FROM cpu WHERE usage > %s GROUP BY host ORDER BY host", (1.0,))
+assert rows.fetchall() == [("a", 1.5), ("b", 3.125)]
+for bad, code in [("SET datafusion.execution.no_such_option = 1", "42704"),
+                  ("SET datafusion.execution.batch_size = 'many'", "22023"),
+                  ("SHOW no_such_setting", "42704")]:
+    try:
+        a.execute(bad)
+        raise SystemExit(f"no error from {bad}")
+    except psycopg.Error as e:
+        assert e.sqlstate == code, (bad, e.sqlstate, e)
+assert a.execute(show).fetchall() == [("datafusion.execution.batch_size", "7")]
+# PostgreSQL's settings: the server's values, or what the connection set.
+assert a.execute("SHOW TimeZone").fetchall() == [("UTC",)]
+assert a.execute("SHOW server_version").fetchall() == [("16.6",)]
+a.execute("SET statement_timeout = 5000")
+assert a.execute("SHOW statement_timeout").fetchall() == [("5000ms",)]
+assert b.execute("SHOW statement_timeout").fetchall() == [("0",)]
+print("ok")
+"#;
+    assert_eq!(run_python(script, &[&server.dsn("m")]).trim(), "ok");
+    // The simple protocol too.
+    let (ok, out, err) = server.psql(
+        "m",
+        &[
+            "-A",
+            "-t",
+            "-c",
+            "SET datafusion.execution.batch_size = 3",
+            "-c",
+            "SHOW datafusion.execution.batch_size",
+            "-c",
+            "SHOW DateStyle",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "SET\ndatafusion.execution.batch_size|3\nISO, MDY\n");
+}
+
+/// Runs a client program (its last argument the server's address, as the program wants
+/// it) and checks that it printed "ok".
+fn run_client(program: &str, args: &[&str]) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e} (scripts/setup installs the clients)"));
+    assert!(
+        out.status.success() && out.stdout.starts_with(b"ok"),
+        "{program} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn jdbc_reads_metadata_and_runs_prepared_statements() {
+    let server = server_with_cpu();
+    let url = format!("jdbc:postgresql://{}/m", server.pg);
+    run_client(
+        "java",
+        &[
+            "-cp",
+            "/usr/share/java/postgresql.jar",
+            "tests/clients/Jdbc.java",
+            &url,
+        ],
+    );
+}
+
+#[test]
+fn node_postgres_runs_parameterised_and_named_statements() {
+    let server = server_with_cpu();
+    let url = format!("postgresql://test@{}/m", server.pg);
+    run_client("node", &["tests/clients/node/pg.js", &url]);
 }
 
 #[test]

@@ -2,11 +2,13 @@
 //! does: Grafana's search-path subquery, savepoints, `CREATE DATABASE`, and a few functions.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, ArrayRef, StringArray, StringBuilder};
 use datafusion::arrow::datatypes::DataType;
+use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::common::DataFusionError;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{
@@ -199,14 +201,7 @@ impl QueryHook for GannetStatementsHook {
         _client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
         // Nothing to plan: the statement is carried out when executed.
-        Self::handles(statement).then(|| {
-            Ok(LogicalPlan::EmptyRelation(
-                datafusion::logical_expr::EmptyRelation {
-                    produce_one_row: false,
-                    schema: Arc::new(datafusion::common::DFSchema::empty()),
-                },
-            ))
-        })
+        Self::handles(statement).then(|| Ok(super::empty_plan()))
     }
 
     async fn handle_extended_query(
@@ -237,6 +232,42 @@ pub(super) fn register_functions(ctx: &SessionContext) {
         Volatility::Stable,
         Arc::new(|_args: &[ColumnarValue]| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))),
     ));
+    // information_schema.columns as PostgreSQL's (see parse.rs).
+    for (name, describe) in [
+        (
+            "gannet_pg_data_type",
+            pg_data_type as fn(&pgwire::api::Type) -> String,
+        ),
+        ("gannet_pg_udt_name", |ty| ty.name().to_owned()),
+    ] {
+        ctx.register_udf(create_udf(
+            name,
+            vec![DataType::Utf8],
+            DataType::Utf8,
+            Volatility::Immutable,
+            Arc::new(move |args: &[ColumnarValue]| {
+                let names = ColumnarValue::values_to_arrays(args)?;
+                let names = names[0]
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .ok_or_else(|| {
+                        DataFusionError::Plan(format!("{name} takes a text argument"))
+                    })?;
+                let described: StringArray = names
+                    .iter()
+                    .map(|arrow| {
+                        arrow.map(|arrow| {
+                            pg_type_of(arrow).map_or_else(|| arrow.to_owned(), |ty| describe(&ty))
+                        })
+                    })
+                    .collect();
+                Ok(ColumnarValue::Array(Arc::new(described)))
+            }),
+        ));
+    }
+    // No indexes either: SQLAlchemy's index reflection names the function in a query that
+    // finds no rows.
+    ctx.register_udf(ScalarUDF::new_from_impl(NullText::new("pg_get_indexdef")));
     ctx.register_udf(create_udf(
         "pg_collation_is_visible",
         vec![DataType::Int32],
@@ -310,6 +341,72 @@ pub(super) fn register_functions(ctx: &SessionContext) {
         Volatility::Stable,
         Arc::new(function),
     ));
+}
+
+/// The PostgreSQL type Gannet sends for a column of the Arrow type named `arrow` (as
+/// DataFusion's information_schema names it).
+fn pg_type_of(arrow: &str) -> Option<pgwire::api::Type> {
+    let arrow: DataType = arrow.parse().ok()?;
+    datafusion_postgres::arrow_pg::datatypes::into_pg_type(&arrow).ok()
+}
+
+/// A type's name as PostgreSQL's `information_schema.columns.data_type` gives it.
+fn pg_data_type(ty: &pgwire::api::Type) -> String {
+    use pgwire::api::Type;
+    // Array types' names start with an underscore: _int8, _text.
+    if ty.name().starts_with('_') {
+        return "ARRAY".to_owned();
+    }
+    let name = match *ty {
+        Type::BOOL => "boolean",
+        Type::INT2 => "smallint",
+        Type::INT4 => "integer",
+        Type::INT8 => "bigint",
+        Type::FLOAT4 => "real",
+        Type::FLOAT8 => "double precision",
+        Type::TIME => "time without time zone",
+        Type::TIMESTAMP => "timestamp without time zone",
+        Type::TIMESTAMPTZ => "timestamp with time zone",
+        ref other => other.name(),
+    };
+    name.to_owned()
+}
+
+/// A function of any arguments that answers NULL text.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct NullText {
+    name: &'static str,
+    signature: Signature,
+}
+
+impl NullText {
+    fn new(name: &'static str) -> Self {
+        NullText {
+            name,
+            signature: Signature::variadic_any(Volatility::Stable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for NullText {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(
+        &self,
+        _args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))
+    }
 }
 
 /// `json_build_object(key, value, ...)`: a JSON object (as text) from alternating keys and
@@ -427,7 +524,7 @@ fn type_oid(name: &str) -> Option<i32> {
     })
 }
 
-fn setting(name: &str) -> Option<&'static str> {
+pub(super) fn setting(name: &str) -> Option<&'static str> {
     Some(match name.to_ascii_lowercase().as_str() {
         "server_version" => SERVER_VERSION,
         "server_version_num" => SERVER_VERSION_NUM,
@@ -498,5 +595,117 @@ mod tests {
         assert_eq!(setting("server_version_num"), Some(SERVER_VERSION_NUM));
         assert_eq!(setting("TimeZone"), Some("UTC"));
         assert_eq!(setting("no_such_setting"), None);
+    }
+}
+
+/// Replaces tables of datafusion-pg-catalog's `pg_catalog` schema in `ctx`'s catalog `db`
+/// with what is true of Gannet: no indexes (`pg_index`, whose static copy lists
+/// PostgreSQL's own system indexes with `indkey` as text, so that SQLAlchemy's
+/// `unnest(indkey)` cannot plan). Gannet's tables have no indexes or constraints; its
+/// catalogs are not tables with indexes either.
+pub(super) fn override_catalog_tables(
+    ctx: &SessionContext,
+    db: &str,
+) -> datafusion::error::Result<()> {
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::datasource::MemTable;
+
+    let Some(catalog) = ctx.catalog(db) else {
+        return Ok(());
+    };
+    let Some(inner) = catalog.schema("pg_catalog") else {
+        return Ok(());
+    };
+    let int2_array = || DataType::List(Arc::new(Field::new_list_field(DataType::Int16, true)));
+    let oid_array = || DataType::List(Arc::new(Field::new_list_field(DataType::Int32, true)));
+    let mut fields = vec![
+        Field::new("indexrelid", DataType::Int32, false),
+        Field::new("indrelid", DataType::Int32, false),
+        Field::new("indnatts", DataType::Int16, false),
+        Field::new("indnkeyatts", DataType::Int16, false),
+    ];
+    for flag in [
+        "indisunique",
+        "indnullsnotdistinct",
+        "indisprimary",
+        "indisexclusion",
+        "indimmediate",
+        "indisclustered",
+        "indisvalid",
+        "indcheckxmin",
+        "indisready",
+        "indislive",
+        "indisreplident",
+    ] {
+        fields.push(Field::new(flag, DataType::Boolean, false));
+    }
+    fields.extend([
+        Field::new("indkey", int2_array(), false),
+        Field::new("indcollation", oid_array(), false),
+        Field::new("indclass", oid_array(), false),
+        Field::new("indoption", int2_array(), false),
+        Field::new("indexprs", DataType::Utf8, true),
+        Field::new("indpred", DataType::Utf8, true),
+    ]);
+    let pg_index = MemTable::try_new(Arc::new(Schema::new(fields)), vec![vec![]])?;
+    let tables = HashMap::from([(
+        "pg_index".to_owned(),
+        Arc::new(pg_index) as Arc<dyn TableProvider>,
+    )]);
+    catalog.register_schema("pg_catalog", Arc::new(CatalogOverrides { inner, tables }))?;
+    Ok(())
+}
+
+/// `pg_class` with the `reloptions` column datafusion-pg-catalog's lacks (SQLAlchemy reads
+/// it; Gannet's tables have no storage parameters), as a view.
+fn with_reloptions(
+    pg_class: Arc<dyn TableProvider>,
+) -> datafusion::error::Result<Arc<dyn TableProvider>> {
+    use datafusion::arrow::datatypes::Field;
+    use datafusion::catalog::view::ViewTable;
+    use datafusion::datasource::provider_as_source;
+    use datafusion::logical_expr::{LogicalPlanBuilder, col, lit};
+
+    let mut columns: Vec<_> = pg_class
+        .schema()
+        .fields()
+        .iter()
+        .map(|field| col(field.name()))
+        .collect();
+    let text_array = DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true)));
+    columns.push(lit(ScalarValue::try_from(&text_array)?).alias("reloptions"));
+    let plan = LogicalPlanBuilder::scan("pg_class", provider_as_source(pg_class), None)?
+        .project(columns)?
+        .build()?;
+    Ok(Arc::new(ViewTable::new(plan, None)))
+}
+
+/// A schema that answers some tables itself and the rest from another.
+#[derive(Debug)]
+struct CatalogOverrides {
+    inner: Arc<dyn SchemaProvider>,
+    tables: HashMap<String, Arc<dyn TableProvider>>,
+}
+
+#[async_trait]
+impl SchemaProvider for CatalogOverrides {
+    fn table_names(&self) -> Vec<String> {
+        self.inner.table_names()
+    }
+
+    async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
+        let name = name.to_ascii_lowercase();
+        if let Some(table) = self.tables.get(&name) {
+            return Ok(Some(table.clone()));
+        }
+        let table = self.inner.table(&name).await?;
+        match (name.as_str(), table) {
+            ("pg_class", Some(pg_class)) => Ok(Some(with_reloptions(pg_class)?)),
+            (_, table) => Ok(table),
+        }
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.inner.table_exist(name)
     }
 }

@@ -15,9 +15,11 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use datafusion::common::DataFusionError;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser;
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
+use datafusion_postgres::arrow_pg::datatypes::df::encode_dataframe;
 use datafusion_postgres::hooks::cursor::CursorStatementHook;
 use datafusion_postgres::hooks::set_show::SetShowHook;
 use datafusion_postgres::hooks::transactions::TransactionStatementHook;
@@ -36,16 +38,21 @@ use pgwire::api::{
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
+use pgwire::types::format::FormatOptions;
 
 pub mod auth;
 mod cancel;
 mod compat;
 pub mod notify;
+mod parse;
 mod sasl_check;
+mod settings;
 
 use auth::{PgAuth, UserStatement};
 use cancel::{Canceller, Running};
-use compat::{GannetStatementsHook, register_functions, rewrite_grafana_search_path};
+use compat::{
+    GannetStatementsHook, override_catalog_tables, register_functions, rewrite_grafana_search_path,
+};
 
 /// The database a connection gets when it names none, and which always exists (empty until
 /// written to), as PostgreSQL's `postgres` does: tools connect to it by default.
@@ -81,6 +88,7 @@ impl PgHandlers {
             query,
             services: Mutex::new(HashMap::new()),
             notifications: notifications.clone(),
+            parser: parse::SqlParser::default(),
         });
         let connections = Arc::new(ConnectionManager::new());
         let running = Arc::new(Running::default());
@@ -178,11 +186,21 @@ pub async fn refuse(mut socket: tokio::net::TcpStream, max_connections: usize) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), exchange).await;
 }
 
-/// One DataFusion session (as a datafusion-postgres service) per database, built on first use.
+/// One DataFusion session per database, built on first use.
 struct Sessions {
     query: QueryEngine,
-    services: Mutex<HashMap<String, Arc<DfSessionService>>>,
+    services: Mutex<HashMap<String, Arc<Session>>>,
     notifications: notify::Notifications,
+    parser: parse::SqlParser,
+}
+
+/// A database's DataFusion session with `pg_catalog`, the statements Gannet answers itself
+/// (hooks, in order), and datafusion-postgres's service, which runs extended-protocol
+/// portals. Gannet parses and plans itself ([`parse`]).
+struct Session {
+    context: Arc<SessionContext>,
+    hooks: Vec<Arc<dyn QueryHook>>,
+    service: DfSessionService,
 }
 
 impl Debug for Sessions {
@@ -191,12 +209,24 @@ impl Debug for Sessions {
     }
 }
 
+impl Session {
+    /// The hooks that may answer `statement`: none for `SHOW datafusion.*`, which
+    /// DataFusion answers from the connection's settings.
+    fn hooks_for(&self, statement: &sqlparser::ast::Statement) -> &[Arc<dyn QueryHook>] {
+        if settings::is_show(statement) {
+            &[]
+        } else {
+            &self.hooks
+        }
+    }
+}
+
 impl Sessions {
     fn exists(&self, db: &str) -> bool {
         db == DEFAULT_DATABASE || self.query.engine().catalog().database(db).is_some()
     }
 
-    fn service(&self, client: &(impl ClientInfo + ?Sized)) -> PgWireResult<Arc<DfSessionService>> {
+    fn service(&self, client: &(impl ClientInfo + ?Sized)) -> PgWireResult<Arc<Session>> {
         let db = database_of(client);
         if let Some(service) = self.services.lock().expect("sessions lock").get(db) {
             return Ok(service.clone());
@@ -208,6 +238,7 @@ impl Sessions {
         setup_pg_catalog(&ctx, db, EmptyContextProvider)
             .map_err(|e| PgWireError::ApiError(Box::new(*e)))?;
         register_functions(&ctx);
+        override_catalog_tables(&ctx, db).map_err(api_error)?;
         let hooks: Vec<Arc<dyn QueryHook>> = vec![
             Arc::new(GannetStatementsHook {
                 query: self.query.clone(),
@@ -217,7 +248,12 @@ impl Sessions {
             Arc::new(SetShowHook),
             Arc::new(TransactionStatementHook),
         ];
-        let service = Arc::new(DfSessionService::new_with_hooks(Arc::new(ctx), hooks));
+        let context = Arc::new(ctx);
+        let service = Arc::new(Session {
+            service: DfSessionService::new_with_hooks(context.clone(), hooks.clone()),
+            context,
+            hooks,
+        });
         let mut services = self.services.lock().expect("sessions lock");
         Ok(services.entry(db.to_owned()).or_insert(service).clone())
     }
@@ -279,10 +315,10 @@ impl SimpleQueryHandler for QueryRouter {
         let logged = self.sessions.query.log().start(database_of(client), &query);
         let turn = self.sessions.query.turn().await;
         let control = self.running.start(client, logged, turn);
-        let responses =
-            <DfSessionService as SimpleQueryHandler>::do_query(&service, client, &query)
-                .await
-                .inspect_err(|e| control.fail(e))?;
+        let responses = self
+            .simple_query(&service, client, &query)
+            .await
+            .inspect_err(|e| control.fail(e))?;
         Ok(responses
             .into_iter()
             .map(|response| control.watch(response))
@@ -291,6 +327,57 @@ impl SimpleQueryHandler for QueryRouter {
 }
 
 impl QueryRouter {
+    /// The statements of one simple-protocol query, one response each.
+    async fn simple_query<C>(
+        &self,
+        session: &Session,
+        client: &mut C,
+        query: &str,
+    ) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let statements = self.sessions.parser.parse(query).map_err(api_error)?;
+        if statements.is_empty() {
+            return Ok(vec![Response::EmptyQuery]);
+        }
+        let mut responses = Vec::with_capacity(statements.len());
+        'statements: for statement in statements {
+            if let Some(response) = settings::set(&statement, &session.context, client)
+                .or_else(|| settings::show(&statement, client))
+            {
+                responses.push(response?);
+                continue;
+            }
+            let context = settings::session_for(client, &session.context)?.into_owned();
+            for hook in session.hooks_for(&statement) {
+                if let Some(response) = hook.handle_simple_query(&statement, &context, client).await
+                {
+                    responses.push(response?);
+                    continue 'statements;
+                }
+            }
+            let insert = matches!(statement, sqlparser::ast::Statement::Insert(_));
+            let plan = plan(client, &context, statement).await?;
+            let frame = context
+                .execute_logical_plan(plan)
+                .await
+                .map_err(api_error)?;
+            if insert {
+                responses.push(rows_inserted(frame).await?);
+            } else {
+                let options = FormatOptions::from_client_metadata(client.metadata());
+                let response =
+                    encode_dataframe(frame, &Format::UnifiedText, Some(Arc::new(options))).await?;
+                responses.push(Response::Query(response));
+            }
+        }
+        Ok(responses)
+    }
+
     /// Carries out `sql` if it creates, changes or drops a user. Logged without the
     /// password.
     fn user_statement(
@@ -372,7 +459,8 @@ impl ExtendedQueryHandler for QueryRouter {
         &self,
         client: &mut C,
         portal: &Portal<Statement>,
-        max_rows: usize,
+        // Rows stream as the client reads them; a portal is not suspended.
+        _max_rows: usize,
     ) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -399,13 +487,106 @@ impl ExtendedQueryHandler for QueryRouter {
             .start(database_of(client), &portal.statement.statement.0);
         let turn = self.sessions.query.turn().await;
         let control = self.running.start(client, logged, turn);
-        let response = <DfSessionService as ExtendedQueryHandler>::do_query(
-            &service, client, portal, max_rows,
-        )
-        .await
-        .inspect_err(|e| control.fail(e))?;
+        let response = self
+            .execute_portal(&service, client, portal)
+            .await
+            .inspect_err(|e| control.fail(e))?;
         Ok(control.watch(response))
     }
+}
+
+impl QueryRouter {
+    /// Runs an extended-protocol portal: its statement, planned at Parse, with the values
+    /// bound to its parameters.
+    async fn execute_portal<C>(
+        &self,
+        session: &Session,
+        client: &mut C,
+        portal: &Portal<Statement>,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let (_, Some((statement, plan))) = &portal.statement.statement else {
+            return Ok(Response::EmptyQuery);
+        };
+        if let Some(response) = settings::set(statement, &session.context, client)
+            .or_else(|| settings::show(statement, client))
+        {
+            return response;
+        }
+        let context = settings::session_for(client, &session.context)?.into_owned();
+        let parameters = parameters(session, portal, plan)?;
+        for hook in session.hooks_for(statement) {
+            if let Some(response) = hook
+                .handle_extended_query(statement, plan, &parameters, &context, client)
+                .await
+            {
+                return response;
+            }
+        }
+        let plan = plan
+            .clone()
+            .replace_params_with_values(&parameters)
+            .map_err(api_error)?;
+        let frame = context
+            .execute_logical_plan(plan)
+            .await
+            .map_err(api_error)?;
+        if matches!(statement, sqlparser::ast::Statement::Insert(_)) {
+            return rows_inserted(frame).await;
+        }
+        let options = FormatOptions::from_client_metadata(client.metadata());
+        let response =
+            encode_dataframe(frame, &portal.result_column_format, Some(Arc::new(options))).await?;
+        Ok(Response::Query(response))
+    }
+}
+
+/// The values bound to a portal's parameters, decoded by the types the client gave at
+/// Parse, else those the server described, and coerced to the types the plan infers.
+fn parameters(
+    session: &Session,
+    portal: &Portal<Statement>,
+    plan: &LogicalPlan,
+) -> PgWireResult<datafusion::common::ParamValues> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::Expr;
+    use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters_with_server_types;
+
+    let described = session
+        .service
+        .query_parser()
+        .get_parameter_types(&portal.statement.statement)?;
+    let mut inferred = plan.get_parameter_types().map_err(api_error)?;
+    // A placeholder DataFusion cannot type from its context takes the type it is cast to.
+    if inferred.values().any(Option::is_none) {
+        let _ = plan.apply(|node| {
+            for expr in node.expressions() {
+                let _ = expr.apply(|e| {
+                    if let Expr::Cast(cast) = e
+                        && let Expr::Placeholder(placeholder) = cast.expr.as_ref()
+                        && let Some(slot @ None) = inferred.get_mut(&placeholder.id)
+                    {
+                        *slot = Some(cast.field.data_type().clone());
+                    }
+                    Ok(TreeNodeRecursion::Continue)
+                });
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+    }
+    let mut inferred: Vec<(u32, Option<datafusion::arrow::datatypes::DataType>)> = inferred
+        .into_iter()
+        .map(|(id, ty)| (id.trim_start_matches('$').parse().unwrap_or(u32::MAX), ty))
+        .collect();
+    inferred.sort_by_key(|(id, _)| *id);
+    let inferred: Vec<_> = inferred.iter().map(|(_, ty)| ty.as_ref()).collect();
+    let described: Vec<_> = described.iter().map(Some).collect();
+    deserialize_parameters_with_server_types(portal, &inferred, &described)
 }
 
 /// Parses (and plans) extended-protocol statements in the connection's database.
@@ -422,7 +603,7 @@ impl QueryParser for RoutingParser {
         &self,
         client: &C,
         sql: &str,
-        types: &[Option<Type>],
+        _types: &[Option<Type>],
     ) -> PgWireResult<Option<Statement>>
     where
         C: ClientInfo + Unpin + Send + Sync,
@@ -434,10 +615,30 @@ impl QueryParser for RoutingParser {
             // Carried out when executed (QueryRouter::scoring_statement).
             return Ok(Some((sql.to_owned(), None)));
         }
-        let service = self.sessions.service(client)?;
-        let parser: Arc<Parser> = service.query_parser();
+        let session = self.sessions.service(client)?;
         let sql = rewrite_grafana_search_path(sql);
-        parser.parse_sql(client, &sql, types).await
+        let mut statements = self.sessions.parser.parse(&sql).map_err(api_error)?;
+        if statements.is_empty() {
+            return Ok(None);
+        }
+        // One statement per Parse message, as datafusion-postgres does.
+        let statement = statements.swap_remove(0);
+        let query = statement.to_string();
+        if settings::is_set(&statement) {
+            // Carried out when executed.
+            return Ok(Some((query, Some((statement, empty_plan())))));
+        }
+        let context = settings::session_for(client, &session.context)?.into_owned();
+        for hook in session.hooks_for(&statement) {
+            if let Some(plan) = hook
+                .handle_extended_parse_query(&statement, &context, client)
+                .await
+            {
+                return Ok(Some((query, Some((statement, plan?)))));
+            }
+        }
+        let plan = plan(client, &context, statement.clone()).await?;
+        Ok(Some((query, Some((statement, plan)))))
     }
 
     fn get_parameter_types(&self, stmt: &Statement) -> PgWireResult<Vec<Type>> {
@@ -458,7 +659,7 @@ impl RoutingParser {
     fn any_parser(&self) -> PgWireResult<Arc<Parser>> {
         let services = self.sessions.services.lock().expect("sessions lock");
         match services.values().next() {
-            Some(service) => Ok(service.query_parser()),
+            Some(session) => Ok(session.service.query_parser()),
             None => Err(user_error(
                 "ERROR",
                 "26000",
@@ -466,6 +667,63 @@ impl RoutingParser {
             )),
         }
     }
+}
+
+/// The plan of a statement Gannet carries out itself, with no rows.
+fn empty_plan() -> LogicalPlan {
+    LogicalPlan::EmptyRelation(datafusion::logical_expr::EmptyRelation {
+        produce_one_row: false,
+        schema: Arc::new(datafusion::common::DFSchema::empty()),
+    })
+}
+
+fn api_error(e: impl std::error::Error + Send + Sync + 'static) -> PgWireError {
+    PgWireError::ApiError(Box::new(e))
+}
+
+/// The logical plan of `statement`, within the connection's `statement_timeout` (57014
+/// beyond it, as the statement's execution gets).
+async fn plan(
+    client: &(impl ClientInfo + ?Sized),
+    context: &SessionContext,
+    statement: sqlparser::ast::Statement,
+) -> PgWireResult<LogicalPlan> {
+    let state = context.state();
+    let planning = state.statement_to_plan(datafusion::sql::parser::Statement::Statement(
+        Box::new(statement),
+    ));
+    let timeout = client
+        .metadata()
+        .get("statement_timeout_ms")
+        .and_then(|ms| ms.parse().ok())
+        .filter(|&ms: &u64| ms > 0)
+        .map(std::time::Duration::from_millis);
+    let planned = match timeout {
+        None => planning.await,
+        Some(timeout) => tokio::time::timeout(timeout, planning).await.map_err(|_| {
+            user_error(
+                "ERROR",
+                "57014",
+                "canceling statement due to statement timeout".to_owned(),
+            )
+        })?,
+    };
+    planned.map_err(api_error)
+}
+
+/// The response to an INSERT: its tag with the number of rows written.
+async fn rows_inserted(frame: datafusion::dataframe::DataFrame) -> PgWireResult<Response> {
+    use datafusion::arrow::array::{Array, UInt64Array};
+    let batches = frame.collect().await.map_err(api_error)?;
+    let rows = batches
+        .first()
+        .and_then(|batch| batch.column_by_name("count"))
+        .and_then(|count| count.as_any().downcast_ref::<UInt64Array>())
+        .filter(|count| !count.is_empty())
+        .map_or(0, |count| count.value(0) as usize);
+    Ok(Response::Execution(
+        Tag::new("INSERT").with_oid(0).with_rows(rows),
+    ))
 }
 
 /// Gives DataFusion's errors the SQLSTATEs PostgreSQL would use, so drivers and tools

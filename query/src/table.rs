@@ -393,9 +393,10 @@ impl ParquetFileReaderFactory for PinningReaderFactory {
 
 /// What a scan reads within its time range.
 ///
-/// A point's versions all live in its window and share its time, so only segments and
-/// buffered writes of one window whose time spans overlap can hold versions of the same
-/// point. Each window is cut into runs of overlapping spans. A run of one segment that no
+/// A point's versions share its time, so only segments and buffered writes whose time spans
+/// overlap can hold versions of the same point. The table is cut into runs of overlapping
+/// spans (segments compacted from several windows span them all; everything else lies in
+/// one window). A run of one segment that no
 /// delete touches, or of one buffered write that repeats no point, is read as it is; every
 /// other run is merged. Data written in time order (each write after the one before, as
 /// most writers send it) makes runs of one: nothing to merge.
@@ -409,9 +410,10 @@ struct ScanPlan<'a> {
     merged: Vec<Run<'a>>,
 }
 
-/// Segments and buffered writes of one window whose time spans overlap.
+/// Segments and buffered writes whose time spans overlap.
 #[derive(Debug)]
 struct Run<'a> {
+    /// The window of its first span: with the oldest segment, a name for the run.
     window: i64,
     min_time: i64,
     max_time: i64,
@@ -439,9 +441,9 @@ impl<'a> Run<'a> {
 
 impl<'a> ScanPlan<'a> {
     fn new(snapshot: &'a TableSnapshot, range: TimeRange) -> ScanPlan<'a> {
-        let mut windows: BTreeMap<i64, Vec<Run<'a>>> = BTreeMap::new();
+        let mut spans: Vec<Run<'a>> = Vec::new();
         for (i, segment) in snapshot.segments.iter().enumerate() {
-            windows.entry(segment.window_start).or_default().push(Run {
+            spans.push(Run {
                 window: segment.window_start,
                 min_time: segment.min_time,
                 max_time: segment.max_time,
@@ -454,7 +456,7 @@ impl<'a> ScanPlan<'a> {
             if write.batch.num_rows() == 0 {
                 continue;
             }
-            windows.entry(write.window).or_default().push(Run {
+            spans.push(Run {
                 window: write.window,
                 min_time: write.min_time,
                 max_time: write.max_time,
@@ -465,29 +467,27 @@ impl<'a> ScanPlan<'a> {
         }
 
         let mut plan = ScanPlan::default();
-        for (_, mut spans) in windows {
-            spans.sort_by_key(|run| run.min_time);
-            let mut runs: Vec<Run<'a>> = Vec::new();
-            for span in spans {
-                match runs.last_mut() {
-                    Some(last) if span.min_time <= last.max_time => last.absorb(span),
-                    _ => runs.push(span),
-                }
+        spans.sort_by_key(|run| run.min_time);
+        let mut runs: Vec<Run<'a>> = Vec::new();
+        for span in spans {
+            match runs.last_mut() {
+                Some(last) if span.min_time <= last.max_time => last.absorb(span),
+                _ => runs.push(span),
             }
-            for mut run in runs {
-                if !range.overlaps(run.min_time, run.max_time) {
-                    continue;
+        }
+        for mut run in runs {
+            if !range.overlaps(run.min_time, run.max_time) {
+                continue;
+            }
+            match (run.segments.as_slice(), run.buffered.as_slice()) {
+                ([(_, only)], []) if !run.must_merge => plan.direct.push(only),
+                ([], [only]) if only.has_unique_points() => {
+                    plan.concatenated.entry(run.window).or_default().push(only)
                 }
-                match (run.segments.as_slice(), run.buffered.as_slice()) {
-                    ([(_, only)], []) if !run.must_merge => plan.direct.push(only),
-                    ([], [only]) if only.has_unique_points() => {
-                        plan.concatenated.entry(run.window).or_default().push(only)
-                    }
-                    _ => {
-                        run.segments.sort_by_key(|(i, _)| *i);
-                        run.buffered.sort_by_key(|b| b.seq);
-                        plan.merged.push(run);
-                    }
+                _ => {
+                    run.segments.sort_by_key(|(i, _)| *i);
+                    run.buffered.sort_by_key(|b| b.seq);
+                    plan.merged.push(run);
                 }
             }
         }

@@ -1,5 +1,7 @@
-//! Compaction: a window's several segments (from early flushes, late data, or overwrites)
-//! become one sorted, deduplicated segment, so readers open fewer files and merge less.
+//! Compaction: segments whose time spans overlap (early flushes, late data, overwrites, all
+//! of which may hold versions of one point) become one sorted, deduplicated segment; and once
+//! the buffer holds none of a stretch of `compact_span` (an hour by default), the segments of
+//! its windows become one, so that old data is read from few, large files.
 
 use std::collections::BTreeMap;
 
@@ -26,10 +28,11 @@ struct Plan {
 }
 
 impl Engine {
-    /// Merges the segments of every window that has several: always from
-    /// `compact_segments` on, and from two on once the window has nothing left in the
-    /// buffer. Windows larger than `compact_max_bytes` are left alone. Returns how many
-    /// windows it compacted.
+    /// Merges segments whose spans overlap: from two on once the buffer holds none of their
+    /// rows, from `compact_segments` on within one window even while it is written to. And
+    /// merges the segments of each `compact_span`-long stretch of time the buffer holds none
+    /// of. Segments with deletes to carry out are rewritten. More than `compact_max_bytes`
+    /// together are left alone. Returns how many merges it made.
     pub fn compact(&self) -> Result<usize> {
         let _guard = self.persist_lock.lock().expect("persist lock");
         let plans = self.plan_compactions();
@@ -67,39 +70,130 @@ impl Engine {
     fn plan_compactions(&self) -> Vec<Plan> {
         let catalog = self.catalog.read().expect("catalog lock");
         let buffer = self.buffer.read().expect("buffer lock");
+        let window = i64::try_from(self.config.window.as_nanos())
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let span = i64::try_from(self.config.compact_span.as_nanos())
+            .unwrap_or(i64::MAX)
+            .max(1);
         let mut plans = Vec::new();
         for db in catalog.databases.values() {
             for table in db.tables.values() {
-                let mut windows: BTreeMap<i64, Vec<SegmentMeta>> = BTreeMap::new();
-                for s in &table.segments {
-                    windows.entry(s.window_start).or_default().push(s.clone());
+                // Whether the buffer holds rows of the table between two times.
+                let quiet = |min_time: i64, max_time: i64| {
+                    let mut start = buffer.window_start(min_time);
+                    while start <= max_time {
+                        let key = ChunkKey {
+                            db: db.name.clone(),
+                            table: table.name.clone(),
+                            window_start: start,
+                        };
+                        if buffer.chunk(&key).is_some() {
+                            return false;
+                        }
+                        match start.checked_add(window) {
+                            Some(next) => start = next,
+                            None => break,
+                        }
+                    }
+                    true
+                };
+                let plan = |window_start: i64, mut segments: Vec<SegmentMeta>| {
+                    segments.sort_by_key(|s| (s.max_seq, s.id));
+                    Plan {
+                        db: db.name.clone(),
+                        table: table.name.clone(),
+                        window_start,
+                        segments,
+                        tombstones: table.tombstones.clone(),
+                    }
+                };
+                // Segments whose spans overlap may hold versions of one point: merged.
+                let mut segments = table.segments.clone();
+                segments.sort_by_key(|s| s.min_time);
+                let mut overlapping: Vec<Vec<SegmentMeta>> = Vec::new();
+                for segment in segments {
+                    match overlapping.last_mut() {
+                        Some(run) if segment.min_time <= run_max_time(run) => run.push(segment),
+                        _ => overlapping.push(vec![segment]),
+                    }
                 }
-                for (window_start, mut segments) in windows {
-                    let bytes: u64 = segments.iter().map(|s| s.bytes).sum();
-                    let has_deletes = segments
+                // Segments alone in their span: gathered by the span-long stretch of time
+                // (`compact_span`) they lie in, oldest first, or else by their window.
+                let mut stretches: BTreeMap<i64, Vec<SegmentMeta>> = BTreeMap::new();
+                let mut windows: BTreeMap<i64, Vec<SegmentMeta>> = BTreeMap::new();
+                for run in overlapping {
+                    let bytes: u64 = run.iter().map(|s| s.bytes).sum();
+                    let has_deletes = run
                         .iter()
                         .any(|s| table.tombstones.iter().any(|t| t.applies_to(s)));
                     if bytes > self.config.compact_max_bytes {
                         continue;
                     }
-                    if segments.len() < 2 && !has_deletes {
-                        continue;
+                    let (min_time, max_time) = (run[0].min_time, run_max_time(&run));
+                    let window_start = run.iter().map(|s| s.window_start).min().unwrap_or(0);
+                    // A merged segment stands for every window it spans (recovery takes the
+                    // buffered rows of those windows up to its sequence number as written),
+                    // so segments of several windows are merged only while the buffer holds
+                    // none of their rows.
+                    let safe = run.len() == 1
+                        || quiet(min_time, max_time)
+                        || buffer.window_start(min_time) == buffer.window_start(max_time);
+                    let due = has_deletes
+                        || (run.len() >= 2
+                            && (run.len() >= self.config.compact_segments
+                                || quiet(min_time, max_time)));
+                    if due && safe {
+                        plans.push(plan(window_start, run));
+                    } else if let [segment] = run.as_slice() {
+                        if span > window && min_time.div_euclid(span) == max_time.div_euclid(span) {
+                            stretches
+                                .entry(min_time.div_euclid(span))
+                                .or_default()
+                                .push(segment.clone());
+                        } else {
+                            windows
+                                .entry(buffer.window_start(min_time))
+                                .or_default()
+                                .push(segment.clone());
+                        }
                     }
-                    let key = ChunkKey {
-                        db: db.name.clone(),
-                        table: table.name.clone(),
-                        window_start,
-                    };
-                    let quiet = buffer.chunk(&key).is_none();
-                    if quiet || has_deletes || segments.len() >= self.config.compact_segments {
-                        segments.sort_by_key(|s| (s.max_seq, s.id));
-                        plans.push(Plan {
-                            db: db.name.clone(),
-                            table: table.name.clone(),
-                            window_start,
-                            segments,
-                            tombstones: table.tombstones.clone(),
-                        });
+                }
+                // A stretch's segments become one once the buffer holds none of its rows, so
+                // old data is read from few, large files. A stretch still written to, or too
+                // big for one file, is merged window by window below.
+                for (stretch, segments) in stretches {
+                    let start = stretch.saturating_mul(span);
+                    let end = start.checked_add(span - 1).unwrap_or(i64::MAX);
+                    let bytes: u64 = segments.iter().map(|s| s.bytes).sum();
+                    if segments.len() >= 2
+                        && bytes <= self.config.compact_max_bytes
+                        && quiet(start, end)
+                    {
+                        plans.push(plan(buffer.window_start(start), segments));
+                    } else {
+                        for segment in segments {
+                            windows
+                                .entry(buffer.window_start(segment.min_time))
+                                .or_default()
+                                .push(segment);
+                        }
+                    }
+                }
+                // The segments that lie within one window (a merged one stands for that
+                // window alone, so this is safe while it is written to): merged once the
+                // window is quiet, or once there are `compact_segments` of them.
+                for (window_start, segments) in windows {
+                    let end = window_start.checked_add(window - 1).unwrap_or(i64::MAX);
+                    let segments: Vec<SegmentMeta> =
+                        segments.into_iter().filter(|s| s.max_time <= end).collect();
+                    let bytes: u64 = segments.iter().map(|s| s.bytes).sum();
+                    if segments.len() >= 2
+                        && bytes <= self.config.compact_max_bytes
+                        && (segments.len() >= self.config.compact_segments
+                            || quiet(window_start, end))
+                    {
+                        plans.push(plan(window_start, segments));
                     }
                 }
             }
@@ -192,6 +286,11 @@ impl Engine {
     }
 }
 
+/// The end of a run of segments' time span.
+fn run_max_time(run: &[SegmentMeta]) -> i64 {
+    run.iter().map(|s| s.max_time).max().unwrap_or(i64::MIN)
+}
+
 /// Rows of `db.cpu` as a reader sees them, for the tests below.
 #[cfg(test)]
 fn cpu_rows(engine: &Engine) -> usize {
@@ -259,6 +358,120 @@ mod tests {
         engine.flush().unwrap();
         assert_eq!(engine.compact().unwrap(), 1);
         assert_eq!(cpu_rows(&engine), 3);
+    }
+}
+
+#[cfg(test)]
+mod stretch_tests {
+    use super::cpu_rows;
+    use crate::{Engine, EngineConfig, Precision};
+
+    fn values(engine: &Engine) -> Vec<String> {
+        let batch = engine.snapshot("db", "cpu").unwrap().read_all().unwrap();
+        let batch =
+            arrow::compute::sort_to_indices(batch.column_by_name("time").unwrap(), None, None)
+                .and_then(|order| arrow::compute::take_record_batch(&batch, &order))
+                .unwrap();
+        let v = arrow::compute::cast(
+            batch.column_by_name("v").unwrap(),
+            &arrow::datatypes::DataType::Utf8,
+        )
+        .unwrap();
+        let v = v
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        v.iter().map(|v| v.unwrap_or("-").to_owned()).collect()
+    }
+
+    #[test]
+    fn an_hour_of_quiet_windows_becomes_one_segment_and_late_data_merges_into_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(EngineConfig::test_config(dir.path())).unwrap();
+        // Three 10-minute windows of the first hour, one of the second.
+        engine
+            .write_lp(
+                "db",
+                b"cpu v=1 0\ncpu v=2 700\ncpu v=3 1300\ncpu v=4 3700",
+                Precision::Second,
+            )
+            .unwrap();
+        engine.flush().unwrap();
+        assert_eq!(engine.snapshot("db", "cpu").unwrap().segments.len(), 4);
+        assert_eq!(engine.compact().unwrap(), 1);
+        let mut segments = engine.snapshot("db", "cpu").unwrap().segments.clone();
+        segments.sort_by_key(|s| s.min_time);
+        assert_eq!(segments.len(), 2);
+        assert_eq!(
+            (segments[0].min_time, segments[0].max_time),
+            (0, 1_300_000_000_000)
+        );
+        assert_eq!(segments[0].rows, 3);
+        assert_eq!(engine.compact().unwrap(), 0, "nothing left to compact");
+
+        // A late write overwrites a point of the compacted hour: read once, newest value,
+        // from the buffer and then from its own segment.
+        engine
+            .write_lp("db", b"cpu v=20 700", Precision::Second)
+            .unwrap();
+        assert_eq!(values(&engine), ["1.0", "20.0", "3.0", "4.0"]);
+        // While the buffer holds rows of the hour, its segments stay as they are.
+        engine
+            .write_lp("db", b"cpu v=5 1900", Precision::Second)
+            .unwrap();
+        assert_eq!(engine.compact().unwrap(), 0);
+        engine.flush().unwrap();
+        assert_eq!(values(&engine), ["1.0", "20.0", "3.0", "5.0", "4.0"]);
+        assert_eq!(engine.compact().unwrap(), 1, "the overlapping pair");
+        assert_eq!(engine.compact().unwrap(), 1, "then the hour");
+        assert_eq!(engine.compact().unwrap(), 0);
+        assert_eq!(engine.snapshot("db", "cpu").unwrap().segments.len(), 2);
+        assert_eq!(values(&engine), ["1.0", "20.0", "3.0", "5.0", "4.0"]);
+
+        // Recovery replays the WAL over the compacted segments: nothing lost or doubled.
+        drop(engine);
+        let engine = Engine::open(EngineConfig::test_config(dir.path())).unwrap();
+        assert_eq!(values(&engine), ["1.0", "20.0", "3.0", "5.0", "4.0"]);
+        assert_eq!(cpu_rows(&engine), 5);
+    }
+
+    #[test]
+    fn a_windows_segments_merge_while_another_window_of_its_hour_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(EngineConfig::test_config(dir.path())).unwrap();
+        for line in ["cpu v=1 0", "cpu v=2 60"] {
+            engine
+                .write_lp("db", line.as_bytes(), Precision::Second)
+                .unwrap();
+            engine.flush().unwrap();
+        }
+        // The hour is not quiet, the first window is.
+        engine
+            .write_lp("db", b"cpu v=3 1300", Precision::Second)
+            .unwrap();
+        assert_eq!(engine.compact().unwrap(), 1);
+        assert_eq!(engine.snapshot("db", "cpu").unwrap().segments.len(), 1);
+        assert_eq!(values(&engine), ["1.0", "2.0", "3.0"]);
+    }
+
+    #[test]
+    fn the_last_representable_time_compacts_and_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(EngineConfig::test_config(dir.path())).unwrap();
+        for line in [
+            "cpu v=1 9223372036854775807",
+            "cpu v=2 9223372036854775807",
+            "cpu v=3 9223372036854775000",
+        ] {
+            engine
+                .write_lp("db", line.as_bytes(), Precision::Nanosecond)
+                .unwrap();
+            engine.flush().unwrap();
+        }
+        assert!(engine.compact().unwrap() >= 1);
+        while engine.compact().unwrap() > 0 {}
+        assert_eq!(engine.snapshot("db", "cpu").unwrap().segments.len(), 1);
+        assert_eq!(values(&engine), ["3.0", "2.0"]);
     }
 }
 

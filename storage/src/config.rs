@@ -25,6 +25,9 @@ pub struct EngineConfig {
     pub compact_segments: usize,
     /// Windows whose segments add up to more than this many bytes are not compacted.
     pub compact_max_bytes: u64,
+    /// Once the buffer holds none of a stretch of time this long (aligned to the epoch, a
+    /// multiple of `window`), its windows' segments are compacted into one.
+    pub compact_span: Duration,
     /// Run the background flusher. Tests turn it off to flush by hand.
     pub background_flush: bool,
     pub wal: WalConfig,
@@ -70,6 +73,7 @@ impl EngineConfig {
             flush_interval: Duration::from_millis(500),
             compact_segments: 4,
             compact_max_bytes: 512 << 20,
+            compact_span: Duration::from_secs(60 * 60),
             background_flush: true,
             wal: WalConfig::default(),
             limits: WriteLimits::default(),

@@ -291,7 +291,8 @@ impl Engine {
         // Windows already persisted before the crash need not be buffered again.
         let keys: Vec<ChunkKey> = buffer.chunks().map(|(k, _)| k).collect();
         for key in keys {
-            if let Some(persisted) = persisted_seq(&catalog, &key) {
+            let persisted = persisted_seq(&catalog, &key, |time| buffer.window_start(time));
+            if let Some(persisted) = persisted {
                 buffer.remove_persisted(&key, persisted);
             }
         }
@@ -1148,13 +1149,15 @@ fn apply_drop(catalog: &mut Catalog, buffer: &mut Buffer, db: &str, table: &str)
         .unwrap_or_default()
 }
 
-/// The highest sequence number already persisted for a chunk's table and window.
-fn persisted_seq(catalog: &Catalog, key: &ChunkKey) -> Option<u64> {
+/// The highest sequence number already persisted for a chunk's table and window: of the
+/// segments whose windows (`window_of` a time) include the chunk's. A segment compacted from
+/// several windows covers them all; it was written when the buffer held none of their rows.
+fn persisted_seq(catalog: &Catalog, key: &ChunkKey, window_of: impl Fn(i64) -> i64) -> Option<u64> {
     catalog
         .table(&key.db, &key.table)?
         .segments
         .iter()
-        .filter(|s| s.window_start == key.window_start)
+        .filter(|s| (window_of(s.min_time)..=window_of(s.max_time)).contains(&key.window_start))
         .map(|s| s.max_seq)
         .max()
 }

@@ -37,8 +37,10 @@ pub mod error;
 mod first_last;
 pub mod functions;
 pub mod gapfill;
+mod latest;
 mod merge;
 pub mod onnx;
+mod planner;
 pub mod scoring;
 pub mod system;
 pub mod table;
@@ -714,12 +716,13 @@ fn is_refused_by_options(e: &datafusion::error::DataFusionError) -> bool {
     .any(|m| message.contains(m))
 }
 
-/// A session with Gannet's planning extensions (gap filling) on DataFusion's defaults.
+/// A session with Gannet's planning extensions (gap filling, latest-row narrowing) on
+/// DataFusion's defaults.
 fn session_context(config: SessionConfig, runtime: Arc<RuntimeEnv>) -> SessionContext {
     let state = datafusion::execution::session_state::SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(runtime)
         .with_default_features()
         .build();
-    SessionContext::new_with_state(gapfill::plan::install(state))
+    SessionContext::new_with_state(planner::install(state))
 }

@@ -362,7 +362,7 @@ fn gap_fill_of(extension: &Extension) -> Option<&GapFill> {
     extension.node.as_any().downcast_ref::<GapFill>()
 }
 
-pub(super) fn unalias(expr: &Expr) -> &Expr {
+pub(crate) fn unalias(expr: &Expr) -> &Expr {
     match expr {
         Expr::Alias(alias) => unalias(&alias.expr),
         other => other,

@@ -9,13 +9,11 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use async_trait::async_trait;
 use datafusion::common::{DFSchema, DFSchemaRef, ScalarValue, plan_err};
 use datafusion::error::{DataFusionError, Result};
-use datafusion::execution::context::QueryPlanner;
-use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::{
     ColumnarValue, Expr, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
 };
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
 
 use super::exec::{GapFillExec, Range};
 use super::unalias;
@@ -276,24 +274,8 @@ impl UserDefinedLogicalNodeCore for GapFill {
     }
 }
 
-/// Gannet's physical planner: DataFusion's, knowing [`GapFill`].
-#[derive(Debug, Default)]
-pub struct GannetQueryPlanner;
-
-#[async_trait]
-impl QueryPlanner for GannetQueryPlanner {
-    async fn create_physical_plan(
-        &self,
-        logical_plan: &LogicalPlan,
-        session: &dyn datafusion::catalog::Session,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(GapFillPlanner)])
-            .create_physical_plan(logical_plan, session)
-            .await
-    }
-}
-
-struct GapFillPlanner;
+/// Plans [`GapFill`] nodes as [`GapFillExec`].
+pub(crate) struct GapFillPlanner;
 
 #[async_trait]
 impl ExtensionPlanner for GapFillPlanner {
@@ -392,12 +374,4 @@ fn timestamp_nanos(value: &ScalarValue, what: &str) -> Result<i64> {
         Ok(_) => plan_err!("date_bin_gapfill's {what} is NULL"),
         Err(_) => plan_err!("date_bin_gapfill's {what} must be a timestamp, not {value}"),
     }
-}
-
-/// The session state pieces gap filling needs: its analyzer rule and planner.
-pub fn install(state: SessionState) -> SessionState {
-    datafusion::execution::session_state::SessionStateBuilder::new_from_existing(state)
-        .with_analyzer_rule(Arc::new(super::HandleGapFill))
-        .with_query_planner(Arc::new(GannetQueryPlanner))
-        .build()
 }

@@ -10,18 +10,21 @@
 //! reaches the table scan, which skips every segment and buffered window older than `T0`.
 //! Series that report together (TSBS: every host every 10 s) leave one instant to read.
 //!
-//! The oldest-row forms (`first(v, time)`, `first_value(v ORDER BY time)`) mirror it:
-//! `time <= T1`, the newest of the groups' oldest times.
+//! Only an aggregate whose every function picks the newest row by the same non-NULL column
+//! qualifies (the selectors above, and `max` of that column), over a single Gannet table
+//! (scans, filters, projections; no joins, limits or volatile functions), without `IGNORE
+//! NULLS`, `DISTINCT` or `FILTER`: each of those could take a value from an older row. The
+//! oldest-row forms (`first(v, time)`) could be narrowed the same way from the other end,
+//! but the oldest rows are what retention drops, possibly between the two reads.
 //!
-//! Only an aggregate whose every function picks by the same non-NULL column qualifies (the
-//! selectors above, and `max`/`min` of that column), over a single table (scans, filters,
-//! projections; no joins or limits), without `IGNORE NULLS`, `DISTINCT` or `FILTER`: each
-//! of those could take a value from an older row.
+//! The two reads take two snapshots of the table: a `DELETE` of a group's newest rows that
+//! lands between them can leave that group out of the answer.
 
 use std::sync::Arc;
 
 use arrow::array::Array;
 use datafusion::catalog::Session;
+use datafusion::catalog::default_table_source::source_as_provider;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, ScalarValue};
 use datafusion::error::Result;
@@ -30,6 +33,7 @@ use datafusion::logical_expr::expr::{AggregateFunction, NullTreatment};
 use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, LogicalPlanBuilder, lit};
 
 use crate::gapfill::unalias;
+use crate::table::GannetTable;
 
 /// Which end of each group's rows its aggregate picks from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,7 +125,9 @@ fn picks_by(aggregate: &Aggregate) -> Option<(Column, End)> {
             Some(_) => return None,
         }
     }
-    let (column, end) = picked.filter(|_| selects)?;
+    // The oldest rows are what retention drops, and it may drop them between the two
+    // reads: only the newest end is narrowed.
+    let (column, end) = picked.filter(|&(_, end)| selects && end == End::Newest)?;
     let (_, field) = aggregate
         .input
         .schema()
@@ -161,10 +167,15 @@ fn pick_of(function: &AggregateFunction, groups: &[Expr]) -> Option<(Column, End
     }
 }
 
-/// Whether `plan` reads one table through filters and projections only.
+/// Whether `plan` reads one Gannet table through filters and projections only, with no
+/// volatile expression (`random()`): it is read twice, and both reads must agree.
 fn one_table(plan: &LogicalPlan) -> bool {
+    if plan.expressions().iter().any(Expr::is_volatile) {
+        return false;
+    }
     match plan {
-        LogicalPlan::TableScan(_) => true,
+        LogicalPlan::TableScan(scan) => source_as_provider(&scan.source)
+            .is_ok_and(|provider| provider.downcast_ref::<GannetTable>().is_some()),
         LogicalPlan::Filter(_) | LogicalPlan::Projection(_) | LogicalPlan::SubqueryAlias(_) => {
             plan.inputs().iter().all(|input| one_table(input))
         }

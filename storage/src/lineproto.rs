@@ -203,6 +203,21 @@ fn parse_with_hint(
     })
 }
 
+/// Byte classes for scanning: an element ends at the first unescaped byte of its stop class.
+const COMMA: u8 = 1;
+const SPACE: u8 = 2;
+const EQUALS: u8 = 4;
+const BACKSLASH: u8 = 8;
+
+static CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    table[b',' as usize] = COMMA;
+    table[b' ' as usize] = SPACE;
+    table[b'=' as usize] = EQUALS;
+    table[b'\\' as usize] = BACKSLASH;
+    table
+};
+
 /// Characters a backslash escapes in each element.
 const MEASUREMENT_ESCAPES: &[u8] = b", \\";
 const KEY_ESCAPES: &[u8] = b",= \\";
@@ -223,7 +238,7 @@ impl<'a> Parser<'a> {
             self.pos += 1;
         }
         let series_start = self.pos;
-        let measurement = self.element(|b| b == b',' || b == b' ', MEASUREMENT_ESCAPES);
+        let measurement = self.element(COMMA | SPACE, MEASUREMENT_ESCAPES);
         if measurement.is_empty() {
             return self.fail("missing measurement");
         }
@@ -231,7 +246,7 @@ impl<'a> Parser<'a> {
         let mut tag_sigs = KeySigs::default();
         while self.peek() == Some(b',') {
             self.pos += 1;
-            let key = self.element(|b| matches!(b, b'=' | b',' | b' '), KEY_ESCAPES);
+            let key = self.element(EQUALS | COMMA | SPACE, KEY_ESCAPES);
             if key.is_empty() {
                 return self.fail("missing tag key");
             }
@@ -239,7 +254,7 @@ impl<'a> Parser<'a> {
                 return self.fail(format!("expected '=' after tag key '{key}'"));
             }
             self.pos += 1;
-            let value = self.element(|b| b == b',' || b == b' ', KEY_ESCAPES);
+            let value = self.element(COMMA | SPACE, KEY_ESCAPES);
             if value.is_empty() {
                 return self.fail(format!("missing value for tag '{key}'"));
             }
@@ -259,7 +274,7 @@ impl<'a> Parser<'a> {
         let mut field_sigs = KeySigs::default();
         let mut fields: Vec<(Cow<'a, str>, FieldValue<'a>)> = Vec::with_capacity(hint.1.max(1));
         loop {
-            let key = self.element(|b| matches!(b, b'=' | b',' | b' '), KEY_ESCAPES);
+            let key = self.element(EQUALS | COMMA | SPACE, KEY_ESCAPES);
             if key.is_empty() {
                 return self.fail("missing field key");
             }
@@ -310,23 +325,29 @@ impl<'a> Parser<'a> {
         Err((self.pos + 1, message.into()))
     }
 
-    /// Scans an element up to the first unescaped stop byte, unescaping only if needed.
-    fn element(&mut self, stop: impl Fn(u8) -> bool, escapes: &[u8]) -> Cow<'a, str> {
+    /// Scans an element up to the first unescaped byte of class `stop`, unescaping only if
+    /// needed. A backslash ending the line is taken literally.
+    #[inline(always)]
+    fn element(&mut self, stop: u8, escapes: &[u8]) -> Cow<'a, str> {
         let start = self.pos;
+        let bytes = self.bytes;
+        let mask = stop | BACKSLASH;
+        let mut pos = self.pos;
         let mut escaped = false;
-        while let Some(b) = self.peek() {
-            if b == b'\\' && self.pos + 1 < self.bytes.len() {
-                escaped = true;
-                self.pos += 2;
-                continue;
-            }
-            if stop(b) {
+        while let Some(&b) = bytes.get(pos) {
+            let class = CLASS[b as usize] & mask;
+            if class == 0 {
+                pos += 1;
+            } else if class == BACKSLASH {
+                escaped |= pos + 1 < bytes.len();
+                pos = (pos + 2).min(bytes.len());
+            } else {
                 break;
             }
-            self.pos += 1;
         }
+        self.pos = pos;
         // The stop bytes are ASCII, so `pos` is always on a char boundary.
-        let raw = &self.line[start..self.pos];
+        let raw = &self.line[start..pos];
         if escaped {
             unescape(raw, escapes)
         } else {
@@ -334,6 +355,7 @@ impl<'a> Parser<'a> {
         }
     }
 
+    #[inline(always)]
     fn field_value(&mut self, key: &str) -> ParseResult<FieldValue<'a>> {
         if self.peek() == Some(b'"') {
             self.pos += 1;
@@ -360,6 +382,9 @@ impl<'a> Parser<'a> {
                 Cow::Borrowed(raw)
             };
             return Ok(FieldValue::String(value));
+        }
+        if let Some(value) = self.plain_number() {
+            return Ok(value);
         }
         let start = self.pos;
         while let Some(b) = self.peek() {
@@ -396,6 +421,56 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// The common numbers in one pass: `[-]digits[.digits]` (a float) and `[-]digits i`
+    /// (an integer), followed by `,`, a space or the end of the line, when the value is
+    /// exactly computable: a float of at most 19 digits whose mantissa fits in 53 bits and
+    /// has at most 22 decimals is `mantissa / 10^decimals`, correctly rounded by one IEEE
+    /// division (Clinger's fast path). Anything else (exponents, `+`, long or huge numbers,
+    /// errors) returns `None` with the position unchanged, for the general parser.
+    #[inline(always)]
+    fn plain_number(&mut self) -> Option<FieldValue<'a>> {
+        let bytes = self.bytes;
+        let mut pos = self.pos;
+        let negative = bytes.get(pos) == Some(&b'-');
+        pos += usize::from(negative);
+        let mut mantissa: u64 = 0;
+        let mut digits = 0usize;
+        let mut decimals = 0usize;
+        let mut seen_point = false;
+        loop {
+            match bytes.get(pos) {
+                Some(&b @ b'0'..=b'9') => {
+                    mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(b - b'0'));
+                    digits += 1;
+                    decimals += usize::from(seen_point);
+                }
+                Some(b'.') if !seen_point => seen_point = true,
+                _ => break,
+            }
+            pos += 1;
+        }
+        if digits == 0 || digits > 19 {
+            return None;
+        }
+        let value = match bytes.get(pos) {
+            None | Some(b',' | b' ') => {
+                if mantissa >= 1 << 53 || decimals > 22 {
+                    return None;
+                }
+                let magnitude = mantissa as f64 / POWERS_OF_TEN[decimals];
+                FieldValue::Float(if negative { -magnitude } else { magnitude })
+            }
+            Some(b'i') if !seen_point && matches!(bytes.get(pos + 1), None | Some(b',' | b' ')) => {
+                let magnitude = i64::try_from(mantissa).ok()?;
+                pos += 1;
+                FieldValue::Integer(if negative { -magnitude } else { magnitude })
+            }
+            _ => return None,
+        };
+        self.pos = pos;
+        Some(value)
+    }
+
     fn timestamp(&mut self) -> ParseResult<Option<i64>> {
         let start = self.pos;
         let rest = self.line[start..].trim_end_matches([' ', '\t']);
@@ -410,10 +485,18 @@ impl<'a> Parser<'a> {
     }
 }
 
+/// 10^0 ..= 10^22, every one exactly representable as an f64.
+const POWERS_OF_TEN: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
 /// Signatures of the keys seen so far in a line, so that checking a new key for a duplicate
-/// compares strings only when length and last two bytes match.
+/// compares strings only when length and last two bytes match; and a 64-bit filter of them,
+/// so that most keys (those whose bit is not set yet) compare nothing at all.
 #[derive(Default)]
 struct KeySigs {
+    filter: u64,
     sigs: [u32; 32],
 }
 
@@ -430,7 +513,10 @@ fn signature(key: &str) -> u32 {
 fn is_duplicate<V>(sigs: &mut KeySigs, seen: &[(Cow<'_, str>, V)], key: &str) -> bool {
     let n = seen.len();
     let sig = signature(key);
-    let duplicate = if n <= sigs.sigs.len() {
+    let bit = 1u64 << (sig.wrapping_mul(0x9e37_79b9) >> 26);
+    let duplicate = if sigs.filter & bit == 0 {
+        false
+    } else if n <= sigs.sigs.len() {
         sigs.sigs[..n]
             .iter()
             .zip(seen)
@@ -438,8 +524,11 @@ fn is_duplicate<V>(sigs: &mut KeySigs, seen: &[(Cow<'_, str>, V)], key: &str) ->
     } else {
         seen.iter().any(|(k, _)| k == key)
     };
-    if !duplicate && n < sigs.sigs.len() {
-        sigs.sigs[n] = sig;
+    if !duplicate {
+        sigs.filter |= bit;
+        if n < sigs.sigs.len() {
+            sigs.sigs[n] = sig;
+        }
     }
     duplicate
 }

@@ -243,6 +243,36 @@ proptest! {
         }
     }
 
+    /// The one-pass number path gives exactly what the standard library's parsers give,
+    /// for the plain forms it takes and the near misses it hands on.
+    #[test]
+    fn numbers_parse_as_the_standard_library_does(
+        sign in prop::sample::select(vec!["", "-", "+"]),
+        whole in "[0-9]{0,21}",
+        point in any::<bool>(),
+        fraction in "[0-9]{0,24}",
+        suffix in prop::sample::select(vec!["", "i", "u", "e3", "E-7", "x"]),
+    ) {
+        let point = if point { "." } else { "" };
+        let text = format!("{sign}{whole}{point}{fraction}{suffix}");
+        let line = format!("m v={text},w=1i 5");
+        let got = parse_line(&line, 1).map(|l| l.fields[0].1.clone());
+        let want = match suffix {
+            "i" => text[..text.len() - 1].parse::<i64>().ok().map(FieldValue::Integer),
+            "u" => text[..text.len() - 1].parse::<u64>().ok().map(FieldValue::UInteger),
+            "x" => None,
+            _ => text.parse::<f64>().ok().filter(|v| v.is_finite()).map(FieldValue::Float),
+        };
+        match (got, want) {
+            (Ok(FieldValue::Float(g)), Some(FieldValue::Float(w))) => {
+                prop_assert_eq!(g.to_bits(), w.to_bits(), "{}", text)
+            }
+            (Ok(g), Some(w)) => prop_assert_eq!(g, w, "{}", text),
+            (Err(_), None) => {}
+            (got, want) => prop_assert!(false, "{text}: parsed {got:?}, expected {want:?}"),
+        }
+    }
+
     #[test]
     fn never_panics_on_arbitrary_bytes(body in prop::collection::vec(any::<u8>(), 0..200)) {
         for line in parse_lines(&body) {

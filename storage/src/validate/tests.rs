@@ -204,3 +204,52 @@ fn lines_beyond_a_limit_are_rejected_and_name_it_while_the_others_are_written() 
     assert_eq!(cat.table("db", "cpu").unwrap().columns.len(), 4);
     assert!(cat.table("db", "third").is_none());
 }
+
+#[test]
+fn keys_compare_equal_only_when_every_byte_is() {
+    for n in 0..24 {
+        let a: String = (0..n).map(|i| (b'a' + i as u8) as char).collect();
+        assert!(same_key(&a, &a.clone()), "{a}");
+        for at in 0..n {
+            let mut b = a.clone().into_bytes();
+            b[at] = b'Z';
+            let b = String::from_utf8(b).unwrap();
+            assert!(!same_key(&a, &b), "{a} vs {b}");
+        }
+        assert!(!same_key(&a, &format!("{a}x")));
+    }
+}
+
+#[test]
+fn a_write_mixing_new_columns_conflicts_and_known_series_builds_once() {
+    let catalog = RwLock::new(Catalog::default());
+    // The first write makes the table; the second brings a new field halfway, a type
+    // conflict, and repeats a series: it must build on the second look only.
+    test_write(
+        &catalog,
+        "m,host=a v=1 1\nm,host=b v=2 2",
+        Precision::Nanosecond,
+    );
+    let body = "m,host=a v=3 3\nm,host=a v=4,w=1i 4\nm,host=b v=\"x\" 5\nm,host=b v=6 6";
+    let lines = crate::lineproto::parse_lines(body.as_bytes());
+    let w = validate(
+        &catalog,
+        "db",
+        lines,
+        Precision::Nanosecond,
+        0,
+        &WriteLimits::default(),
+    )
+    .unwrap();
+    assert_eq!(w.rows, 3);
+    assert_eq!(w.errors.len(), 1, "{:?}", w.errors);
+    assert_eq!(w.errors[0].line_number, 3);
+    assert!(
+        w.errors[0].message.contains("has type float"),
+        "{}",
+        w.errors[0]
+    );
+    let batch = &w.tables[0].batch;
+    assert_eq!(batch.num_rows(), 3);
+    assert_eq!(batch.schema().fields().len(), 4);
+}

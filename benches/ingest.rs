@@ -5,6 +5,7 @@
 //!
 //! Prints rows/s, MB/s, fsyncs, mean fsync latency, acknowledgement latency (p50, p99) and
 //! peak RSS for each run; each configuration runs INGEST_ROUNDS times (default 3).
+//! INGEST_WRITERS (e.g. `8` or `1,8`) runs only those writer counts.
 
 use std::time::{Duration, Instant};
 
@@ -63,7 +64,12 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
-    for (writers, _round) in [1, 4, 8, 16]
+    // INGEST_WRITERS=8 (or "1,8") runs only those configurations.
+    let configs: Vec<usize> = std::env::var("INGEST_WRITERS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|w| w.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 4, 8, 16]);
+    for (writers, _round) in configs
         .into_iter()
         .flat_map(|w| (0..rounds).map(move |r| (w, r)))
     {

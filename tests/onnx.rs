@@ -80,7 +80,7 @@ fn open_with_models() -> (tempfile::TempDir, Gannet, PathBuf) {
     let models = models();
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("models")).unwrap();
-    for name in ["iforest", "gbr", "clf", "wide", "zipmap", "multi"] {
+    for name in ["iforest", "gbr", "clf", "fraud", "wide", "zipmap", "multi"] {
         let file = format!("{name}.onnx");
         std::fs::copy(models.join(&file), dir.path().join("models").join(&file)).unwrap();
     }
@@ -166,14 +166,21 @@ fn regressor_and_classifier_equal_scikit_learns() {
         .block_on(db.sql(
             "ml",
             "SELECT onnx_predict('gbr', x1, x2, x3) AS y, onnx_predict('clf', x1, x2, x3) AS class, \
-             onnx_predict_output('clf', 'probabilities', x1, x2, x3) AS p \
+             onnx_predict_output('clf', 'probabilities', x1, x2, x3) AS p, \
+             onnx_predict('fraud', x1, x2, x3) AS fraud \
              FROM events ORDER BY id",
         ))
         .unwrap());
     let y = batch.column(0).as_primitive::<Float64Type>();
     let class = batch.column(1).as_primitive::<Int64Type>();
     let p = batch.column(2).as_list::<i32>();
+    let fraud = batch.column(3).as_primitive::<Int64Type>();
     for row in 0..batch.num_rows() {
+        assert_eq!(
+            fraud.value(row),
+            expected.i64(row, "fraud_label"),
+            "fraud label of row {row}"
+        );
         let want = expected.f64(row, "gbr");
         assert!(
             close(y.value(row), want),
@@ -337,7 +344,10 @@ fn system_models_lists_models_with_their_inputs_outputs_and_use() {
         .iter()
         .flatten()
         .collect();
-    assert_eq!(names, ["clf", "gbr", "iforest", "multi", "wide", "zipmap"]);
+    assert_eq!(
+        names,
+        ["clf", "fraud", "gbr", "iforest", "multi", "wide", "zipmap"]
+    );
     let row = names.iter().position(|n| *n == "iforest").unwrap();
     assert_eq!(
         batch.column(1).as_string::<i32>().value(row),

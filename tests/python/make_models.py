@@ -9,6 +9,8 @@ Writes into OUT_DIR:
   gbr.onnx          GradientBoostingRegressor on 3 features; output `variable`
   clf.onnx          RandomForestClassifier (3 classes) without ZipMap; outputs `label`
                     (predict) and `probabilities` (predict_proba)
+  fraud.onnx        GradientBoostingClassifier (30 trees of depth 3) telling the far-off
+                    rows from the rest; outputs `label` (1 = far off) and `probabilities`
   wide.onnx         LinearRegression over 8 features: one [N, 8] input
   zipmap.onnx       LogisticRegression with skl2onnx's default ZipMap output
   multi.onnx        two inputs, a: float32[N,1] and b: int64[N,2]; y = a + 10 b0 + 100 b1
@@ -25,6 +27,7 @@ import onnx
 from onnx import TensorProto, helper
 from skl2onnx import to_onnx
 from sklearn.ensemble import (
+    GradientBoostingClassifier,
     GradientBoostingRegressor,
     IsolationForest,
     RandomForestClassifier,
@@ -68,6 +71,13 @@ save("gbr", gbr)
 clf = RandomForestClassifier(n_estimators=20, max_depth=6, random_state=42).fit(X, y_clf)
 save("clf", clf, options={"zipmap": False})
 
+# A fraud-style classifier: cheap to run (one tree ensemble), as scoring rules that must
+# keep up with a fast stream use.
+far_off = np.zeros(ROWS, dtype=np.int64)
+far_off[::97] = 1
+fraud = GradientBoostingClassifier(n_estimators=30, max_depth=3, random_state=42).fit(X, far_off)
+save("fraud", fraud, options={"zipmap": False})
+
 X8 = rng.normal(size=(200, 8)).astype(np.float32)
 wide = LinearRegression().fit(X8, X8 @ np.arange(1, 9, dtype=np.float32))
 save("wide", wide, features=8)
@@ -104,12 +114,14 @@ labels = iforest.predict(X)
 scores = iforest.decision_function(X)
 regression = gbr.predict(X)
 clf_labels = clf.predict(X)
+fraud_labels = fraud.predict(X)
 proba = clf.predict_proba(X)
 with open(os.path.join(out, "expected.csv"), "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(
         ["id", "x1", "x2", "x3", "iforest_label", "iforest_score", "gbr", "clf_label"]
         + [f"clf_p{k}" for k in range(proba.shape[1])]
+        + ["fraud_label"]
     )
     for i in range(ROWS):
         w.writerow(
@@ -117,4 +129,5 @@ with open(os.path.join(out, "expected.csv"), "w", newline="") as f:
             + [int(labels[i]), repr(float(scores[i])), repr(float(regression[i]))]
             + [int(clf_labels[i])]
             + [repr(float(p)) for p in proba[i]]
+            + [int(fraud_labels[i])]
         )

@@ -31,7 +31,7 @@ fn send(server: &TestServer, bytes: &[u8], wait: Duration) -> Option<Vec<u8>> {
 }
 
 /// The types of the server's messages in `answer` (after the start-up's).
-fn message_types(answer: &[u8]) -> Vec<u8> {
+pub(crate) fn message_types(answer: &[u8]) -> Vec<u8> {
     let mut types = Vec::new();
     let mut rest = answer;
     while rest.len() >= 5 {
@@ -51,7 +51,7 @@ fn still_serving(server: &TestServer) {
 }
 
 /// A start-up message for `user` on `database`.
-fn startup(user: &str, database: &str) -> Vec<u8> {
+pub(crate) fn startup(user: &str, database: &str) -> Vec<u8> {
     let mut body = 196608u32.to_be_bytes().to_vec();
     for (k, v) in [("user", user), ("database", database)] {
         body.extend_from_slice(k.as_bytes());

@@ -486,3 +486,74 @@ fn system_tables_over_psql_log_the_queries_sent() {
          cpu|0\n"
     );
 }
+
+/// A frontend message: its type byte, length and body.
+fn frontend(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut message = vec![kind];
+    message.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    message.extend_from_slice(body);
+    message
+}
+
+/// What the server sends within `wait`, or until a message of type `last` arrives (the
+/// replies here are a few bytes: they arrive whole).
+fn read_for(stream: &mut std::net::TcpStream, wait: std::time::Duration, last: u8) -> Vec<u8> {
+    use std::io::Read;
+    let until = std::time::Instant::now() + wait;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+        if crate::hostile::message_types(&got).last() == Some(&last) {
+            break;
+        }
+        stream
+            .set_read_timeout(Some(left.max(std::time::Duration::from_millis(1))))
+            .unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+#[test]
+fn extended_protocol_replies_wait_for_sync_or_flush_as_postgresql_does() {
+    use std::io::Write;
+    use std::time::Duration;
+
+    use crate::hostile::{message_types, startup};
+
+    let server = TestServer::start();
+    let mut stream = std::net::TcpStream::connect(server.pg).unwrap();
+    stream.write_all(&startup("tester", "postgres")).unwrap();
+    let greeting = read_for(&mut stream, Duration::from_secs(10), b'Z');
+    assert_eq!(message_types(&greeting).last(), Some(&b'Z'), "{greeting:?}");
+
+    // Parse, Bind, Execute: nothing is sent until the client asks.
+    let mut batch = frontend(b'P', b"\0SELECT 41 + 1\0\0\0");
+    batch.extend(frontend(b'B', b"\0\0\0\0\0\0\0\0"));
+    batch.extend(frontend(b'E', b"\0\0\0\0\0"));
+    stream.write_all(&batch).unwrap();
+    let early = read_for(&mut stream, Duration::from_millis(300), b'C');
+    assert!(early.is_empty(), "replied before Sync or Flush: {early:?}");
+
+    // Flush: the replies so far, without ReadyForQuery.
+    stream.write_all(&frontend(b'H', b"")).unwrap();
+    let flushed = read_for(&mut stream, Duration::from_secs(10), b'C');
+    assert_eq!(message_types(&flushed), b"12DC", "{flushed:?}");
+    assert!(flushed.windows(2).any(|w| w == b"42"), "{flushed:?}");
+
+    // Sync: ReadyForQuery.
+    stream.write_all(&frontend(b'S', b"")).unwrap();
+    let synced = read_for(&mut stream, Duration::from_secs(10), b'Z');
+    assert_eq!(message_types(&synced), b"Z", "{synced:?}");
+
+    // A simple query's reply comes whole, without a Flush.
+    stream
+        .write_all(&frontend(b'Q', b"SELECT 'simple'\0"))
+        .unwrap();
+    let simple = read_for(&mut stream, Duration::from_secs(10), b'Z');
+    assert_eq!(message_types(&simple), b"TDCZ", "{simple:?}");
+}

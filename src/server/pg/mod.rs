@@ -43,6 +43,7 @@ use pgwire::types::format::FormatOptions;
 pub mod auth;
 mod cancel;
 mod compat;
+mod cork;
 pub mod notify;
 mod parse;
 mod sasl_check;

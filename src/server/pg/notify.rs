@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use std::panic::AssertUnwindSafe;
 
-use futures::{FutureExt, SinkExt, StreamExt};
+use futures::{FutureExt, Sink, SinkExt, StreamExt};
 use gannet_query::scoring::ScoringState;
 use pgwire::api::{ClientInfo, ErrorHandler, PgWireConnectionState, PgWireServerHandlers};
 use pgwire::error::{ErrorInfo, PgWireError};
@@ -21,7 +21,9 @@ use pgwire::tokio::TlsAcceptor;
 use pgwire::tokio::server::{negotiate_tls, process_error, process_message};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, watch};
+use tokio_util::codec::{Framed, FramedParts};
 
+use super::cork::Corked;
 use super::{PgHandlers, database_of};
 
 /// The channel scoring alerts are notified on.
@@ -144,9 +146,15 @@ pub async fn serve_connection(
         _ = &mut deadline => return Ok(()),
         socket = negotiate_tls(tcp, tls) => socket?,
     };
-    let Some(mut socket) = socket else {
+    let Some(socket) = socket else {
         return Ok(());
     };
+    // Replies are held until the client waits for them (see `cork`).
+    let parts = socket.into_parts();
+    let mut corked = FramedParts::new(Corked::new(parts.io), parts.codec);
+    corked.read_buf = parts.read_buf;
+    corked.write_buf = parts.write_buf;
+    let mut socket = Framed::from_parts(corked);
     let mut feed: Option<broadcast::Receiver<Arc<Notification>>> = None;
     loop {
         let starting = matches!(
@@ -182,8 +190,9 @@ pub async fn serve_connection(
                         notification.payload.clone(),
                     );
                     socket
-                        .send(PgWireBackendMessage::NotificationResponse(message))
+                        .feed(PgWireBackendMessage::NotificationResponse(message))
                         .await?;
+                    flush(&mut socket).await?;
                 }
                 continue;
             }
@@ -200,8 +209,9 @@ pub async fn serve_connection(
                     format!("invalid message: {e}"),
                 );
                 let _ = socket
-                    .send(PgWireBackendMessage::ErrorResponse(error.into()))
+                    .feed(PgWireBackendMessage::ErrorResponse(error.into()))
                     .await;
+                let _ = flush(&mut socket).await;
                 return Ok(());
             }
             None => return Ok(()),
@@ -214,7 +224,16 @@ pub async fn serve_connection(
             PgWireConnectionState::CopyInProgress(extended) => extended,
             _ => message.is_extended_query(),
         };
-        if let Err(mut e) = process_message(
+        // As PostgreSQL does, the replies to these wait for a Sync or a Flush.
+        let held = matches!(
+            message,
+            PgWireFrontendMessage::Parse(_)
+                | PgWireFrontendMessage::Bind(_)
+                | PgWireFrontendMessage::Describe(_)
+                | PgWireFrontendMessage::Execute(_)
+                | PgWireFrontendMessage::Close(_)
+        );
+        let outcome = process_message(
             message,
             &mut socket,
             startup.clone(),
@@ -223,8 +242,8 @@ pub async fn serve_connection(
             copy.clone(),
             cancel.clone(),
         )
-        .await
-        {
+        .await;
+        if let Err(mut e) = outcome {
             errors.on_error(&socket, &mut e);
             let error = ErrorInfo::from(e);
             let fatal = error.is_fatal();
@@ -234,13 +253,29 @@ pub async fn serve_connection(
                 in_extended,
             )
             .await?;
+            flush(&mut socket).await?;
             // A failed start-up (a wrong password, an unknown database) or any FATAL error
             // ends the connection: nothing the client sends after it is read.
             if fatal || starting {
                 return Ok(());
             }
+        } else if !held || matches!(socket.state(), PgWireConnectionState::CopyInProgress(_)) {
+            // A client starting a COPY waits for CopyInResponse, whatever the protocol.
+            flush(&mut socket).await?;
         }
     }
+}
+
+/// Sends what the connection holds.
+async fn flush<S, C>(socket: &mut Framed<Corked<S>, C>) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncWrite + Unpin,
+    Framed<Corked<S>, C>: Sink<PgWireBackendMessage, Error = std::io::Error> + Unpin,
+{
+    socket.get_mut().release(true);
+    let flushed = socket.flush().await;
+    socket.get_mut().release(false);
+    flushed
 }
 
 /// The next notification of `feed`; never, without one. Notifications missed by falling

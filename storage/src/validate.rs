@@ -100,7 +100,15 @@ pub fn validate<'a>(
             }
         }
         let mut cat = catalog.write().expect("catalog lock");
-        add_columns(&mut cat, db, &by_table, precision, limits, &mut refused);
+        add_columns(
+            &mut cat,
+            db,
+            &by_table,
+            precision,
+            now_ns,
+            limits,
+            &mut refused,
+        );
     }
     unreachable!("the third build accepts missing columns")
 }
@@ -123,10 +131,7 @@ fn build<'l>(
     refused: &HashMap<usize, String>,
     last: bool,
 ) -> Option<Built> {
-    let cutoff = cat
-        .database(db)
-        .and_then(|d| d.retention_ns)
-        .map(|r| now_ns.saturating_sub(r));
+    let cutoff = retention_cutoff(cat, db, now_ns);
     let mut built = Built {
         tables: Vec::with_capacity(by_table.len()),
         rows: 0,
@@ -170,10 +175,7 @@ fn build<'l>(
                 Ok(Checked { timestamp, .. }) => {
                     let ts = timestamp.unwrap_or(now_ns);
                     if cutoff.is_some_and(|c| ts < c) {
-                        let message = format!(
-                            "timestamp {ts} is older than the retention period of database '{db}'"
-                        );
-                        built.errors.push(line_error(line, message));
+                        built.errors.push(line_error(line, too_old(ts, db)));
                         continue;
                     }
                     builder.append(line, known, ts, &columns)
@@ -192,17 +194,30 @@ fn build<'l>(
     Some(built)
 }
 
+/// The oldest time database `db` accepts, if it has a retention period.
+fn retention_cutoff(cat: &Catalog, db: &str, now_ns: i64) -> Option<i64> {
+    cat.database(db)
+        .and_then(|d| d.retention_ns)
+        .map(|r| now_ns.saturating_sub(r))
+}
+
+fn too_old(ts: i64, db: &str) -> String {
+    format!("timestamp {ts} is older than the retention period of database '{db}'")
+}
+
 /// Makes the tables and columns a write's lines bring, under the catalog's write lock.
-/// Lines refused (a limit, a type conflict) are put in `refused` with their message; a table
-/// none of whose lines is good is not made: a bad line leaves no trace.
+/// Lines refused (a limit, a type conflict, a time past retention) are put in `refused` with
+/// their message; a table none of whose lines is good is not made: a bad line leaves no trace.
 fn add_columns(
     cat: &mut Catalog,
     db: &str,
     by_table: &[(String, Vec<ParsedLine<'_>>)],
     precision: Precision,
+    now_ns: i64,
     limits: &WriteLimits,
     refused: &mut HashMap<usize, String>,
 ) {
+    let cutoff = retention_cutoff(cat, db, now_ns);
     for (name, lines) in by_table {
         let new_table = cat.table(db, name).is_none();
         let tables = cat.database(db).map_or(0, |d| d.tables.len());
@@ -220,7 +235,10 @@ fn add_columns(
             Ok(table) => table,
             Err(message) => {
                 for line in lines {
-                    refused.insert(line.line_number, message.clone());
+                    // A line refused earlier keeps its own reason.
+                    refused
+                        .entry(line.line_number)
+                        .or_insert_with(|| message.clone());
                 }
                 continue;
             }
@@ -231,7 +249,14 @@ fn add_columns(
                 continue;
             }
             let added = check_line(&mut Resolver::new(table), line, precision, true)
-                .and_then(|_| add_new_columns(table, line, limits));
+                .and_then(|checked| {
+                    let ts = checked.timestamp.unwrap_or(now_ns);
+                    match cutoff {
+                        Some(c) if ts < c => Err(too_old(ts, db)),
+                        _ => Ok(()),
+                    }
+                })
+                .and_then(|()| add_new_columns(table, line, limits));
             match added {
                 Ok(()) => any_good = true,
                 Err(message) => {
@@ -307,7 +332,6 @@ impl<'t> Resolver<'t> {
     }
 }
 
-/// Adds the columns a line brings, unless they would take its table past its column limit.
 /// `a == b`, inline for the short keys lines repeat: two overlapping 8-byte loads per side
 /// for 8 to 16 bytes, instead of a call to `memcmp`.
 #[inline]
@@ -324,11 +348,22 @@ fn same_key(a: &str, b: &str) -> bool {
     a == b
 }
 
+/// Adds the columns a line brings, unless they would take its table past its column limit
+/// or one key is both a tag and a field of the line.
 fn add_new_columns(
     table: &mut TableDef,
     line: &ParsedLine<'_>,
     limits: &WriteLimits,
 ) -> Result<(), String> {
+    if let Some((key, _)) = line
+        .tags
+        .iter()
+        .find(|(tag, _)| line.fields.iter().any(|(field, _)| field == tag))
+    {
+        return Err(format!(
+            "'{key}' is both a tag and a field of this line; a column is one or the other"
+        ));
+    }
     let tags = line.tags.iter().map(|(key, _)| key.as_ref());
     let fields = line.fields.iter().map(|(key, _)| key.as_ref());
     let mut new: Vec<&str> = tags

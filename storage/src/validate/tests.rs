@@ -253,3 +253,59 @@ fn a_write_mixing_new_columns_conflicts_and_known_series_builds_once() {
     assert_eq!(batch.num_rows(), 3);
     assert_eq!(batch.schema().fields().len(), 4);
 }
+
+#[test]
+fn a_new_table_whose_lines_all_fail_is_not_made() {
+    let catalog = RwLock::new(Catalog::default());
+    // One key as both a tag and a field: the line is rejected and leaves no table.
+    let w = write(&catalog, "n,a=x a=1 1");
+    assert_eq!(w.rows, 0);
+    assert_eq!(w.errors.len(), 1);
+    assert!(
+        w.errors[0]
+            .message
+            .contains("'a' is both a tag and a field"),
+        "{}",
+        w.errors[0].message
+    );
+    assert!(catalog.read().unwrap().table("db", "n").is_none());
+
+    // Lines older than the database's retention: rejected as such, no table either.
+    {
+        let mut cat = catalog.write().unwrap();
+        cat.create_database("db").unwrap();
+        cat.databases.get_mut("db").unwrap().retention_ns = Some(10_000_000_000);
+    }
+    // Validated at 100 s: the cutoff is 90 s.
+    let at_100s = |body: &str| {
+        let lines = parse_lines(body.as_bytes());
+        let limits = WriteLimits::default();
+        validate(
+            &catalog,
+            "db",
+            lines,
+            Precision::Second,
+            100_000_000_000,
+            &limits,
+        )
+        .unwrap()
+    };
+    let w = at_100s("old v=1 5\nold v=2 6");
+    assert_eq!(w.rows, 0);
+    assert_eq!(w.errors.len(), 2);
+    for e in &w.errors {
+        assert!(
+            e.message.contains("older than the retention period"),
+            "{}",
+            e.message
+        );
+    }
+    assert!(catalog.read().unwrap().table("db", "old").is_none());
+
+    // A good line next to them makes the table, with only its row.
+    let w = at_100s("old v=1 5\nold,h=a v=2 95");
+    assert_eq!(w.rows, 1);
+    assert_eq!(w.errors.len(), 1);
+    assert_eq!(w.errors[0].line_number, 1);
+    assert!(catalog.read().unwrap().table("db", "old").is_some());
+}

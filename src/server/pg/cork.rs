@@ -56,6 +56,10 @@ impl<S: AsyncWrite + Unpin> Corked<S> {
         }
         self.held.clear();
         self.written = 0;
+        // One huge message (a wide row) does not keep its memory for the connection's life.
+        if self.held.capacity() > 2 * HELD_BYTES {
+            self.held = Vec::new();
+        }
         Poll::Ready(Ok(()))
     }
 }

@@ -8,7 +8,8 @@
 //! segment per hour, as the background compactor leaves hours no longer written to), the
 //! rest stays in Gannet's write buffer. DuckDB loads the same rows from a Parquet export into its own
 //! table. Each query runs once to warm up, then TSBS_RUNS times; the table shows medians.
-//! TSBS_EXPLAIN=<query name> prints that query's EXPLAIN ANALYZE instead.
+//! TSBS_EXPLAIN=<query name> prints that query's EXPLAIN ANALYZE instead; TSBS_PROFILE=<query
+//! name> runs it over and over (TSBS_PROFILE_SECS, 10) for a profiler.
 
 use std::path::Path;
 use std::process::Command;
@@ -109,6 +110,28 @@ fn main() {
         println!(
             "{}",
             arrow::util::pretty::pretty_format_batches(&plan).unwrap()
+        );
+        return;
+    }
+    // TSBS_PROFILE=<query name>: that query over and over for TSBS_PROFILE_SECS (10), for a
+    // profiler to watch (`perf record -g -p <pid>`), and nothing else.
+    if let Ok(wanted) = std::env::var("TSBS_PROFILE") {
+        let (_, sql) = queries
+            .iter()
+            .find(|(name, _)| *name == wanted)
+            .unwrap_or_else(|| panic!("no TSBS query named {wanted}"));
+        let until =
+            Instant::now() + std::time::Duration::from_secs(env_or("TSBS_PROFILE_SECS", 10u64));
+        let mut times = Vec::new();
+        while Instant::now() < until {
+            let t = Instant::now();
+            runtime.block_on(query.sql("bench", sql)).unwrap();
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        println!(
+            "{wanted}: {} runs, median {:.2} ms",
+            times.len(),
+            median(times)
         );
         return;
     }

@@ -25,7 +25,7 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 use gannet_storage::TableSnapshot;
-use gannet_storage::buffer::widen;
+use gannet_storage::buffer::{Buffered, widen};
 use gannet_storage::catalog::SegmentMeta;
 
 use crate::table::{Cached, MergedWindows, RunContents, RunKey};
@@ -38,7 +38,7 @@ pub(crate) struct MergeRun {
     pub contents: RunContents,
     /// Oldest writes first.
     pub segments: Vec<SegmentMeta>,
-    pub buffered: Vec<RecordBatch>,
+    pub buffered: Vec<Arc<Buffered>>,
     /// The run is buffered writes that hold no point twice between them: concatenate them,
     /// nothing to sort or deduplicate.
     pub concatenate: bool,
@@ -117,31 +117,54 @@ impl MergeRun {
     /// The rows the run holds before merging.
     fn rows(&self) -> usize {
         let segments: u64 = self.segments.iter().map(|s| s.rows).sum();
-        segments as usize + self.buffered.iter().map(|b| b.num_rows()).sum::<usize>()
+        segments as usize
+            + self
+                .buffered
+                .iter()
+                .map(|b| b.batch.num_rows())
+                .sum::<usize>()
     }
 }
 
 impl Shared {
     /// The run merged, widened to the planned schema, narrowed to the rows the query's tag
-    /// equalities select, and whether the cache keeps the merge.
+    /// equalities select and to the projected columns, and whether the cache keeps the merge.
     fn merge(&self, run: &MergeRun) -> Result<(RecordBatch, bool)> {
         let (merged, indexes) = self.merge_whole(run)?;
-        let kept = indexes.is_some();
-        if self.selection.is_empty() {
-            return Ok((merged, kept));
-        }
-        let selected = select(&merged, &self.selection, indexes.as_deref())?;
-        Ok((selected, kept))
+        let selected = select(
+            &merged,
+            &self.selection,
+            indexes.as_deref(),
+            self.projection.as_deref(),
+        )?;
+        Ok((selected, indexes.is_some()))
+    }
+
+    /// As [`Shared::merge`], if the cache keeps the run's merge whole.
+    fn kept(&self, run: &MergeRun) -> Option<Result<(RecordBatch, bool)>> {
+        let Some(Cached::Whole(batch, indexes)) = self.cache.get(&run.key, &run.contents) else {
+            return None;
+        };
+        let batch = widen(&batch, &self.schema);
+        Some(
+            select(
+                &batch,
+                &self.selection,
+                Some(&indexes),
+                self.projection.as_deref(),
+            )
+            .map(|selected| (selected, true)),
+        )
     }
 
     /// The run merged and widened, and the tag indexes kept with it if the cache keeps it.
     fn merge_whole(&self, run: &MergeRun) -> Result<(RecordBatch, Option<Arc<Indexes>>)> {
         let external = |e: gannet_storage::Error| DataFusionError::External(Box::new(e));
         let schema = &self.snapshot.schema;
-        let concatenated = |first: Option<&RecordBatch>, rest: &[RecordBatch]| {
+        let concatenated = |first: Option<&RecordBatch>, rest: &[Arc<Buffered>]| {
             let batches: Vec<RecordBatch> = first
                 .into_iter()
-                .chain(rest)
+                .chain(rest.iter().map(|b| &b.batch))
                 .map(|b| widen(b, schema))
                 .collect();
             arrow::compute::concat_batches(schema, &batches)
@@ -155,25 +178,18 @@ impl Shared {
             }
             (Some(Cached::Prefix(batch, n)), false) => self
                 .snapshot
-                .merge_newer(batch, &run.buffered[n..])
+                .merge_newer(batch, run.buffered[n..].iter().map(|b| &b.batch))
                 .map_err(external)?,
             (None, true) => concatenated(None, &run.buffered)?,
             (None, false) => self
                 .snapshot
-                .read_merged_unordered(&run.segments, &run.buffered)
+                .read_merged_unordered(&run.segments, run.buffered.iter().map(|b| &b.batch))
                 .map_err(external)?,
         };
         let indexes = self
             .cache
             .put(run.key.clone(), run.contents.clone(), &merged);
         Ok((widen(&merged, &self.schema), indexes))
-    }
-
-    fn project(&self, batch: &RecordBatch) -> Result<RecordBatch> {
-        Ok(match &self.projection {
-            Some(p) => batch.project(p)?,
-            None => batch.clone(),
-        })
     }
 }
 
@@ -262,13 +278,15 @@ impl ExecutionPlan for MergeExec {
         let output = BaselineMetrics::new(&self.metrics, partition);
         let merged = futures::stream::iter(runs)
             .then(move |run| {
-                let shared = shared.clone();
+                let merging = shared.clone();
                 async move {
-                    let merging = shared.clone();
-                    let (batch, cached) = tokio::task::spawn_blocking(move || merging.merge(&run))
+                    // A kept merge only needs its rows picked: no need for the blocking pool.
+                    if let Some(done) = merging.kept(&run) {
+                        return done;
+                    }
+                    tokio::task::spawn_blocking(move || merging.merge(&run))
                         .await
-                        .map_err(|e| DataFusionError::External(Box::new(e)))??;
-                    Ok::<_, DataFusionError>((shared.project(&batch)?, cached))
+                        .map_err(|e| DataFusionError::External(Box::new(e)))?
                 }
             })
             .map(move |merged| {

@@ -46,11 +46,14 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
+use datafusion::parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use datafusion::physical_plan::union::UnionExec;
+use futures::future::BoxFuture;
 use gannet_storage::buffer::Buffered;
 use gannet_storage::catalog::SegmentMeta;
 use gannet_storage::{Engine, TableSnapshot};
@@ -264,7 +267,7 @@ impl TableProvider for GannetTable {
         if !plan.merged.is_empty() || !plan.concatenated.is_empty() {
             let newest_delete = snapshot.tombstones.iter().map(|t| t.seq).max();
             let key = |window: i64, id: u64| (self.db.clone(), self.table.clone(), window, id);
-            let contents = |segments: Vec<u64>, buffered: &[&Buffered]| RunContents {
+            let contents = |segments: Vec<u64>, buffered: &[&Arc<Buffered>]| RunContents {
                 segments,
                 buffered: buffered
                     .iter()
@@ -286,7 +289,7 @@ impl TableProvider for GannetTable {
                     ),
                     contents: contents(run.segments().map(|s| s.id.0).collect(), &run.buffered),
                     segments: run.segments().cloned().collect(),
-                    buffered: run.buffered.iter().map(|b| b.batch.clone()).collect(),
+                    buffered: run.buffered.iter().map(|&b| b.clone()).collect(),
                     concatenate: false,
                 })
                 .collect();
@@ -294,7 +297,7 @@ impl TableProvider for GannetTable {
                 key: key(window, u64::MAX),
                 contents: contents(Vec::new(), writes),
                 segments: Vec::new(),
-                buffered: writes.iter().map(|b| b.batch.clone()).collect(),
+                buffered: writes.iter().map(|&b| b.clone()).collect(),
                 concatenate: true,
             }));
             let partitions = state.config().target_partitions().max(1);
@@ -382,12 +385,50 @@ impl ParquetFileReaderFactory for PinningReaderFactory {
         metadata_size_hint: Option<usize>,
         metrics: &ExecutionPlanMetricsSet,
     ) -> Result<Box<dyn AsyncFileReader + Send>> {
-        self.inner.create_reader(
+        let inner = self.inner.create_reader(
             partition_index,
             partitioned_file,
             metadata_size_hint,
             metrics,
-        )
+        )?;
+        Ok(Box::new(PageIndexedReader { inner }))
+    }
+}
+
+/// Asks for a file's metadata with its page index, so that the metadata cache keeps the
+/// page index too. DataFusion's Parquet opener asks for the footer alone and loads the page
+/// index afterwards through the reader, past the cache: every query over a segment would
+/// read and decode its page index again (for a one-series query over a few segments, most
+/// of the time spent opening them). Segments always have one, and queries almost always
+/// use it (a time range or a tag equality).
+struct PageIndexedReader {
+    inner: Box<dyn AsyncFileReader + Send>,
+}
+
+impl AsyncFileReader for PageIndexedReader {
+    fn get_bytes(
+        &mut self,
+        range: std::ops::Range<u64>,
+    ) -> BoxFuture<'_, datafusion::parquet::errors::Result<bytes::Bytes>> {
+        self.inner.get_bytes(range)
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<std::ops::Range<u64>>,
+    ) -> BoxFuture<'_, datafusion::parquet::errors::Result<Vec<bytes::Bytes>>> {
+        self.inner.get_byte_ranges(ranges)
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, datafusion::parquet::errors::Result<Arc<ParquetMetaData>>> {
+        let options = options
+            .cloned()
+            .unwrap_or_default()
+            .with_page_index_policy(PageIndexPolicy::Optional);
+        Box::pin(async move { self.inner.get_metadata(Some(&options)).await })
     }
 }
 
@@ -406,7 +447,7 @@ struct ScanPlan<'a> {
     direct: Vec<&'a SegmentMeta>,
     /// Per window, buffered writes that need no merging, oldest first: concatenated into
     /// one batch (writes are often small, and each has its own dictionaries).
-    concatenated: BTreeMap<i64, Vec<&'a Buffered>>,
+    concatenated: BTreeMap<i64, Vec<&'a Arc<Buffered>>>,
     merged: Vec<Run<'a>>,
 }
 
@@ -419,7 +460,7 @@ struct Run<'a> {
     max_time: i64,
     /// With their places in the snapshot (oldest writes first).
     segments: Vec<(usize, &'a SegmentMeta)>,
-    buffered: Vec<&'a Buffered>,
+    buffered: Vec<&'a Arc<Buffered>>,
     /// Must be merged even alone: a buffered write that repeats a point, a segment with
     /// deletes, or overlapping spans that may hold versions of one point.
     must_merge: bool,

@@ -221,11 +221,13 @@ impl Indexes {
     }
 }
 
-/// The rows of `batch` that `selection` allows, by the kept `indexes` if there are any.
+/// The rows of `batch` that `selection` allows, by the kept `indexes` if there are any,
+/// with the columns of `projection` (all if `None`): only those are taken.
 pub(crate) fn select(
     batch: &RecordBatch,
     selection: &Selection,
     indexes: Option<&Indexes>,
+    projection: Option<&[usize]>,
 ) -> Result<RecordBatch> {
     let mut chosen: Option<RoaringBitmap> = None;
     for (name, values) in selection {
@@ -242,12 +244,15 @@ pub(crate) fn select(
             None => rows,
         });
     }
+    let projected = match projection {
+        Some(p) => batch.project(p)?,
+        None => batch.clone(),
+    };
     match chosen {
-        None => Ok(batch.clone()),
-        Some(rows) if rows.len() == batch.num_rows() as u64 => Ok(batch.clone()),
-        Some(rows) => {
+        Some(rows) if rows.len() < batch.num_rows() as u64 => {
             let indices = UInt32Array::from_iter_values(rows);
-            Ok(take_record_batch(batch, &indices)?)
+            Ok(take_record_batch(&projected, &indices)?)
         }
+        _ => Ok(projected),
     }
 }

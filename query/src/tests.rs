@@ -954,6 +954,19 @@ async fn a_query_for_one_series_reads_only_its_pages_of_a_segment() {
         scalar(&query, "m", "SELECT avg(u) FROM cpu WHERE host = 'h042'").await,
         "9.5"
     );
+    // The segment's page index is kept with its footer, not read again by every query.
+    let cached = query
+        .session("m")
+        .unwrap()
+        .runtime_env()
+        .cache_manager
+        .get_file_metadata_cache()
+        .list_entries();
+    assert_eq!(cached.len(), 1);
+    for entry in cached.values() {
+        let extra = entry.value.file_metadata.extra_info();
+        assert_eq!(extra.get("page_index").map(String::as_str), Some("true"));
+    }
 }
 
 #[tokio::test]

@@ -51,8 +51,9 @@ impl Buffered {
 
 #[derive(Debug)]
 pub struct Chunk {
-    /// The batches of the writes that reached this window, in sequence order.
-    pub batches: Vec<Buffered>,
+    /// The batches of the writes that reached this window, in sequence order. Shared with
+    /// snapshots: taking one copies pointers, not batches.
+    pub batches: Vec<Arc<Buffered>>,
     pub rows: usize,
     pub bytes: usize,
     /// When the oldest batch still here arrived.
@@ -117,14 +118,14 @@ impl Buffer {
                 if chunk.batches.is_empty() {
                     chunk.since = Instant::now();
                 }
-                chunk.batches.push(Buffered {
+                chunk.batches.push(Arc::new(Buffered {
                     window: window_start,
                     seq,
                     batch: part,
                     min_time,
                     max_time,
                     unique: Arc::default(),
-                });
+                }));
                 chunk.rows += rows;
                 chunk.bytes += bytes;
                 self.rows += rows;
@@ -178,11 +179,11 @@ impl Buffer {
     }
 
     /// A table's buffered batches, oldest write first.
-    pub fn table_batches(&self, db: &str, table: &str) -> Vec<Buffered> {
+    pub fn table_batches(&self, db: &str, table: &str) -> Vec<Arc<Buffered>> {
         let Some(chunks) = self.tables.get(&(db.to_owned(), table.to_owned())) else {
             return Vec::new();
         };
-        let mut all: Vec<Buffered> = chunks
+        let mut all: Vec<Arc<Buffered>> = chunks
             .values()
             .flat_map(|c| c.batches.iter().cloned())
             .collect();
@@ -224,7 +225,8 @@ impl Buffer {
         let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut chunk.batches)
             .into_iter()
             .partition(|b| b.seq <= max_seq);
-        for Buffered { batch, .. } in &gone {
+        for buffered in &gone {
+            let batch = &buffered.batch;
             let (rows, bytes) = (batch.num_rows(), batch.get_array_memory_size());
             chunk.rows -= rows;
             chunk.bytes -= bytes;
@@ -273,7 +275,8 @@ impl Buffer {
             if start > predicate.max_time || start.saturating_add(window) <= predicate.min_time {
                 continue;
             }
-            for Buffered { batch, .. } in chunk.batches.iter_mut() {
+            for buffered in chunk.batches.iter_mut() {
+                let batch = &buffered.batch;
                 let kept = predicate.retain_unmatched(batch);
                 let gone = batch.num_rows() - kept.num_rows();
                 if gone > 0 {
@@ -289,7 +292,11 @@ impl Buffer {
                     new_bytes += new;
                     chunk.rows -= gone;
                     removed += gone;
-                    *batch = kept;
+                    // Snapshots taken before keep the batch as it was.
+                    *buffered = Arc::new(Buffered {
+                        batch: kept,
+                        ..Buffered::clone(buffered)
+                    });
                 }
             }
             chunk.batches.retain(|b| b.batch.num_rows() > 0);

@@ -58,7 +58,7 @@ pub struct TableSnapshot {
     pub segments: Vec<SegmentMeta>,
     /// Buffered batches with their windows and sequence numbers, oldest first; every one
     /// is newer than every segment.
-    pub buffer: Vec<crate::buffer::Buffered>,
+    pub buffer: Vec<Arc<crate::buffer::Buffered>>,
     /// The length of a time window in nanoseconds: window `w` holds times in `[w, w + window)`.
     pub window: i64,
     /// Deletes that hide rows of some of the segments (see [`Tombstone::applies_to`]).

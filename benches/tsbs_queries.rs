@@ -9,7 +9,8 @@
 //! rest stays in Gannet's write buffer. DuckDB loads the same rows from a Parquet export into its own
 //! table. Each query runs once to warm up, then TSBS_RUNS times; the table shows medians.
 //! TSBS_EXPLAIN=<query name> prints that query's EXPLAIN ANALYZE instead; TSBS_PROFILE=<query
-//! name> runs it over and over (TSBS_PROFILE_SECS, 10) for a profiler.
+//! name> runs it over and over (TSBS_PROFILE_SECS, 10) for a profiler, or only plans it
+//! (TSBS_PROFILE_PLAN=1).
 
 use std::path::Path;
 use std::process::Command;
@@ -120,6 +121,11 @@ fn main() {
             .iter()
             .find(|(name, _)| *name == wanted)
             .unwrap_or_else(|| panic!("no TSBS query named {wanted}"));
+        // TSBS_PROFILE_PLAN=1: plan it only (EXPLAIN), without running it.
+        let sql = &match std::env::var("TSBS_PROFILE_PLAN") {
+            Ok(_) => format!("EXPLAIN {sql}"),
+            Err(_) => sql.clone(),
+        };
         let until =
             Instant::now() + std::time::Duration::from_secs(env_or("TSBS_PROFILE_SECS", 10u64));
         let mut times = Vec::new();

@@ -34,9 +34,9 @@ pub struct Buffered {
     pub batch: RecordBatch,
     pub min_time: i64,
     pub max_time: i64,
-    /// Whether no point appears twice in the batch: found out when first asked, and shared
-    /// by every snapshot's copy. (A delete only removes rows, so it stays true.)
-    unique: Arc<OnceLock<bool>>,
+    /// Whether no point appears twice in the batch: found out when first asked (snapshots
+    /// share the `Buffered`). A delete only removes rows, so it stays true.
+    unique: OnceLock<bool>,
 }
 
 impl Buffered {
@@ -124,7 +124,7 @@ impl Buffer {
                     batch: part,
                     min_time,
                     max_time,
-                    unique: Arc::default(),
+                    unique: OnceLock::new(),
                 }));
                 chunk.rows += rows;
                 chunk.bytes += bytes;

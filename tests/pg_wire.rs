@@ -163,6 +163,14 @@ async def main():
     except asyncpg.exceptions.UndefinedTableError:
         pass
     assert await conn.fetchval("SELECT max(cores) FROM cpu") == 8
+    # Constant statements are planned once and run from the kept plan; now() is not one.
+    one = await conn.prepare("SELECT 1 AS one, 'x' || 'y' AS xy, 2.5::float8 * 2 AS f")
+    for _ in range(3):
+        assert tuple(await one.fetchrow()) == (1, "xy", 5.0)
+    clock = await conn.prepare("SELECT now() AS t")
+    first = await clock.fetchval()
+    await asyncio.sleep(0.01)
+    assert await clock.fetchval() > first
     await conn.close()
 asyncio.run(main())
 print("ok")

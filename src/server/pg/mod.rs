@@ -43,6 +43,7 @@ use pgwire::types::format::FormatOptions;
 pub mod auth;
 mod cancel;
 mod compat;
+mod constant;
 mod cork;
 pub mod notify;
 mod parse;
@@ -202,6 +203,7 @@ struct Session {
     context: Arc<SessionContext>,
     hooks: Vec<Arc<dyn QueryHook>>,
     service: DfSessionService,
+    constants: constant::ConstantPlans,
 }
 
 impl Debug for Sessions {
@@ -254,6 +256,7 @@ impl Sessions {
             service: DfSessionService::new_with_hooks(context.clone(), hooks.clone()),
             context,
             hooks,
+            constants: constant::ConstantPlans::default(),
         });
         let mut services = self.services.lock().expect("sessions lock");
         Ok(services.entry(db.to_owned()).or_insert(service).clone())
@@ -529,6 +532,23 @@ impl QueryRouter {
                 return response;
             }
         }
+        let options = Some(Arc::new(FormatOptions::from_client_metadata(
+            client.metadata(),
+        )));
+        if let Some(rows) = session
+            .constants
+            .execute(
+                &portal.statement.statement.0,
+                settings::fingerprint(client),
+                plan,
+                &context,
+            )
+            .await
+        {
+            let rows = rows.map_err(api_error)?;
+            let response = constant::encode_stream(rows, &portal.result_column_format, options)?;
+            return Ok(Response::Query(response));
+        }
         let plan = plan
             .clone()
             .replace_params_with_values(&parameters)
@@ -540,9 +560,7 @@ impl QueryRouter {
         if matches!(statement, sqlparser::ast::Statement::Insert(_)) {
             return rows_inserted(frame).await;
         }
-        let options = FormatOptions::from_client_metadata(client.metadata());
-        let response =
-            encode_dataframe(frame, &portal.result_column_format, Some(Arc::new(options))).await?;
+        let response = encode_dataframe(frame, &portal.result_column_format, options).await?;
         Ok(Response::Query(response))
     }
 }

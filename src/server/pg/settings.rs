@@ -96,6 +96,20 @@ pub(super) fn set(
 
 /// The session `client`'s statements run in: `shared`, with the options the connection
 /// has set.
+/// The settings the connection has made its own, as one string: equal for connections
+/// that set the same values.
+pub(super) fn fingerprint(client: &(impl ClientInfo + ?Sized)) -> String {
+    let mut set: Vec<(&str, &String)> = client
+        .metadata()
+        .iter()
+        .filter_map(|(key, value)| Some((key.strip_prefix(PREFIX)?, value)))
+        .collect();
+    set.sort();
+    set.iter()
+        .map(|(name, value)| format!("{name}={value}\n"))
+        .collect()
+}
+
 pub(super) fn session_for<'a>(
     client: &(impl ClientInfo + ?Sized),
     shared: &'a Arc<SessionContext>,

@@ -353,6 +353,14 @@ assert a.execute("SHOW server_version").fetchall() == [("16.6",)]
 a.execute("SET statement_timeout = 5000")
 assert a.execute("SHOW statement_timeout").fetchall() == [("5000ms",)]
 assert b.execute("SHOW statement_timeout").fetchall() == [("0",)]
+# A time zone set either way is the connection's, not the database's session's (a
+# connection that has set nothing else runs in that session itself).
+zone = "SHOW datafusion.execution.time_zone"
+before = b.execute(zone).fetchall()
+c = psycopg.connect(sys.argv[1], autocommit=True)
+c.execute("SET timezone = '+05:00'")
+c.execute("SET TIME ZONE '+06:00'")
+assert b.execute(zone).fetchall() == before, b.execute(zone).fetchall()
 print("ok")
 "#;
     assert_eq!(run_python(script, &[&server.dsn("m")]).trim(), "ok");

@@ -37,25 +37,25 @@ struct Planned {
     task: Arc<TaskContext>,
 }
 
-/// The constant plans of one database, by statement text and connection settings.
+/// The constant plans of one database, by logical plan and connection settings. (Not by
+/// statement text: the logical plan, made at Parse, depends on the settings then, such
+/// as the time zone a `timestamptz` literal gets, and the client was told its types.)
 #[derive(Debug, Default)]
-pub(super) struct ConstantPlans(Mutex<HashMap<(String, String), Arc<Planned>>>);
+pub(super) struct ConstantPlans(Mutex<HashMap<(LogicalPlan, String), Arc<Planned>>>);
 
 impl ConstantPlans {
-    /// Runs `plan` (the logical plan of `sql`, with no parameters) from its kept physical
-    /// plan, planning and keeping it first if it is constant. `None` if it is not: the
-    /// caller plans it as usual.
+    /// Runs `plan` from its kept physical plan, planning and keeping it first, if it is
+    /// constant. `None` if it is not: the caller plans it as usual.
     pub(super) async fn execute(
         &self,
-        sql: &str,
-        settings: String,
         plan: &LogicalPlan,
+        settings: String,
         context: &SessionContext,
     ) -> Option<Result<SendableRecordBatchStream>> {
         if !is_constant(plan) {
             return None;
         }
-        let key = (sql.to_owned(), settings);
+        let key = (plan.clone(), settings);
         let kept = self
             .0
             .lock()
@@ -174,7 +174,7 @@ mod tests {
         let plan = context.state().create_logical_plan(sql).await.unwrap();
         for _ in 0..3 {
             let rows = plans
-                .execute(sql, String::new(), &plan, &context)
+                .execute(&plan, String::new(), &context)
                 .await
                 .expect("constant")
                 .unwrap();
@@ -188,9 +188,8 @@ mod tests {
         // Another connection's settings make another plan.
         plans
             .execute(
-                sql,
-                "datafusion.execution.batch_size=10\n".into(),
                 &plan,
+                "datafusion.execution.batch_size=10\n".into(),
                 &context,
             )
             .await
@@ -204,7 +203,7 @@ mod tests {
             .unwrap();
         assert!(
             plans
-                .execute("SELECT now()", String::new(), &clock, &context)
+                .execute(&clock, String::new(), &context)
                 .await
                 .is_none()
         );

@@ -537,12 +537,7 @@ impl QueryRouter {
         )));
         if let Some(rows) = session
             .constants
-            .execute(
-                &portal.statement.statement.0,
-                settings::fingerprint(client),
-                plan,
-                &context,
-            )
+            .execute(plan, settings::fingerprint(client), &context)
             .await
         {
             let rows = rows.map_err(api_error)?;

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use datafusion::sql::sqlparser::ast::helpers::attached_token::AttachedToken;
 use datafusion::sql::sqlparser::ast::{
-    BinaryOperator, CaseWhen, Expr, ObjectName, Query, SelectItem, SetExpr, Statement, TableFactor,
-    Value, Visit, VisitMut, Visitor, VisitorMut,
+    BinaryOperator, CaseWhen, Expr, ObjectName, Query, SelectItem, Set, SetExpr, Statement,
+    TableFactor, Value, Visit, VisitMut, Visitor, VisitorMut,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
@@ -59,11 +59,11 @@ impl Default for SqlParser {
 impl SqlParser {
     /// The statements of `sql`, rewritten for DataFusion.
     pub(super) fn parse(&self, sql: &str) -> Result<Vec<Statement>, ParserError> {
-        match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
-            Ok(statements) if !statements.iter().any(reads_catalog) => Ok(statements
+        let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+            Ok(statements) if !statements.iter().any(reads_catalog) => statements
                 .into_iter()
                 .map(|s| self.rules.iter().fold(s, |s, rule| rule.rewrite(s)))
-                .collect()),
+                .collect(),
             // Catalog queries, and what only the catalog parser's substitutions make
             // parseable (`ABORT`, for one).
             _ => {
@@ -73,9 +73,31 @@ impl SqlParser {
                     let _ = statement.visit(&mut GenerateSubscripts);
                     let _ = statement.visit(&mut InformationSchemaColumns);
                 }
-                Ok(statements)
+                statements
             }
+        };
+        Ok(statements.into_iter().map(set_time_zone).collect())
+    }
+}
+
+/// `SET timezone = 'x'` as `SET TIME ZONE 'x'`, which is what it means in PostgreSQL: the
+/// connection's time zone. Left as an assignment, it went to DataFusion, which took it for
+/// its `datafusion.execution.time_zone` and set it in the session that all the database's
+/// connections share.
+fn set_time_zone(statement: Statement) -> Statement {
+    match statement {
+        Statement::Set(Set::SingleAssignment {
+            hivevar: false,
+            variable,
+            mut values,
+            ..
+        }) if values.len() == 1 && variable.to_string().eq_ignore_ascii_case("timezone") => {
+            Statement::Set(Set::SetTimeZone {
+                local: false,
+                value: values.remove(0),
+            })
         }
+        other => other,
     }
 }
 
@@ -367,5 +389,26 @@ mod tests {
             &Parser::parse_sql(&PostgreSqlDialect {}, "SELECT * FROM pg_class").unwrap()[0]
         ));
         assert_eq!(parsed("ABORT"), "ROLLBACK");
+    }
+
+    #[test]
+    fn set_timezone_is_the_connections_time_zone() {
+        for sql in [
+            "SET timezone = 'Asia/Tokyo'",
+            "SET TimeZone TO 'Asia/Tokyo'",
+        ] {
+            let statements = SqlParser::default().parse(sql).unwrap();
+            assert!(
+                matches!(
+                    &statements[..],
+                    [Statement::Set(Set::SetTimeZone { local: false, .. })]
+                ),
+                "{sql}: {statements:?}"
+            );
+        }
+        assert_eq!(
+            parsed("SET datafusion.execution.batch_size = 7"),
+            "SET datafusion.execution.batch_size = 7"
+        );
     }
 }

@@ -94,8 +94,6 @@ pub(super) fn set(
     Some(Ok(Response::Execution(Tag::new("SET"))))
 }
 
-/// The session `client`'s statements run in: `shared`, with the options the connection
-/// has set.
 /// The settings the connection has made its own, as one string: equal for connections
 /// that set the same values.
 pub(super) fn fingerprint(client: &(impl ClientInfo + ?Sized)) -> String {
@@ -110,6 +108,8 @@ pub(super) fn fingerprint(client: &(impl ClientInfo + ?Sized)) -> String {
         .collect()
 }
 
+/// The session `client`'s statements run in: `shared`, with the options the connection
+/// has set.
 pub(super) fn session_for<'a>(
     client: &(impl ClientInfo + ?Sized),
     shared: &'a Arc<SessionContext>,

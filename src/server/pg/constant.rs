@@ -1,10 +1,10 @@
 //! Constant statements planned once: a prepared `SELECT 1` (a driver's or a load
-//! balancer's health check), `SELECT version()` and the like read no table, take no
-//! parameter and call no function whose result may change, so the same text always makes
-//! the same physical plan. Planning it again for every execution (DataFusion's optimizer,
-//! physical planner and physical optimizer, a copy of the session state) costs far more
-//! than running it; the plan is kept instead, per database, by statement text and the
-//! connection's settings, and each execution runs a fresh copy of its state.
+//! balancer's health check) and the like read no table, take no parameter and call no
+//! function whose result may change, so the same logical plan always makes the same
+//! physical plan. Planning it again for every execution (DataFusion's optimizer, physical
+//! planner and physical optimizer, a copy of the session state) costs far more than running
+//! it; the plan is kept instead, per database, by logical plan and the connection's
+//! settings, and each execution runs a fresh copy of its state.
 //!
 //! Anything that reads a table is planned every time: a scan takes its snapshot of the
 //! table when it is planned.
@@ -45,17 +45,17 @@ pub(super) struct ConstantPlans(Mutex<HashMap<(LogicalPlan, String), Arc<Planned
 
 impl ConstantPlans {
     /// Runs `plan` from its kept physical plan, planning and keeping it first, if it is
-    /// constant. `None` if it is not: the caller plans it as usual.
+    /// constant. `None` if it is not: the caller plans it as usual. `settings` gives the connection's settings, asked for only then.
     pub(super) async fn execute(
         &self,
         plan: &LogicalPlan,
-        settings: String,
+        settings: impl FnOnce() -> String,
         context: &SessionContext,
     ) -> Option<Result<SendableRecordBatchStream>> {
         if !is_constant(plan) {
             return None;
         }
-        let key = (plan.clone(), settings);
+        let key = (plan.clone(), settings());
         let kept = self
             .0
             .lock()
@@ -174,7 +174,7 @@ mod tests {
         let plan = context.state().create_logical_plan(sql).await.unwrap();
         for _ in 0..3 {
             let rows = plans
-                .execute(&plan, String::new(), &context)
+                .execute(&plan, String::new, &context)
                 .await
                 .expect("constant")
                 .unwrap();
@@ -189,7 +189,7 @@ mod tests {
         plans
             .execute(
                 &plan,
-                "datafusion.execution.batch_size=10\n".into(),
+                || "datafusion.execution.batch_size=10\n".into(),
                 &context,
             )
             .await
@@ -201,12 +201,7 @@ mod tests {
             .create_logical_plan("SELECT now()")
             .await
             .unwrap();
-        assert!(
-            plans
-                .execute(&clock, String::new(), &context)
-                .await
-                .is_none()
-        );
+        assert!(plans.execute(&clock, String::new, &context).await.is_none());
     }
 
     async fn logical(sql: &str) -> LogicalPlan {

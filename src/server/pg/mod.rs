@@ -537,7 +537,7 @@ impl QueryRouter {
         )));
         if let Some(rows) = session
             .constants
-            .execute(plan, settings::fingerprint(client), &context)
+            .execute(plan, || settings::fingerprint(client), &context)
             .await
         {
             let rows = rows.map_err(api_error)?;

@@ -96,9 +96,24 @@ fn start_influxd(influxd: &str, dir: &Path) -> Option<Server> {
         .spawn()
         .ok()?;
     wait_until_up(&format!("http://127.0.0.1:{http}/ping"), 204);
-    ureq::post(&format!("http://127.0.0.1:{http}/query"))
-        .send_form([("q", "CREATE DATABASE bench")])
-        .expect("CREATE DATABASE");
+    // influxd answers /ping before its meta store takes statements: retry until
+    // CREATE DATABASE reports no error.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = ureq::post(&format!("http://127.0.0.1:{http}/query"))
+            .send_form([("q", "CREATE DATABASE bench")])
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+            .unwrap_or_default();
+        if answer.contains("\"results\"") && !answer.contains("\"error\"") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "influxd: CREATE DATABASE failed: {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     Some(Server {
         name: "influxdb 1.x",
         child,

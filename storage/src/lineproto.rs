@@ -15,9 +15,15 @@
 //!
 //! A backslash before any other character is taken literally. Newlines cannot appear inside
 //! an element: a body is split into lines first, as InfluxDB does.
+//!
+//! A body usually names each series many times (one line per point). [`parse_lines`]
+//! parses a series' measurement and tags once and shares them, by series text, with the
+//! later lines of the body that repeat it byte for byte.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 #[cfg(test)]
 mod tests;
@@ -45,13 +51,17 @@ impl FieldValue<'_> {
     }
 }
 
+/// A line's tags, in the order written.
+pub type Tags<'a> = Arc<[(Cow<'a, str>, Cow<'a, str>)]>;
+
 /// One parsed point, borrowing from the body it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParsedLine<'a> {
     /// 1-based line number in the body.
     pub line_number: usize,
     pub measurement: Cow<'a, str>,
-    pub tags: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    /// Shared by the lines of a body with the same series text.
+    pub tags: Tags<'a>,
     pub fields: Vec<(Cow<'a, str>, FieldValue<'a>)>,
     /// The timestamp as written, in the request's precision; `None` takes the server's time.
     pub timestamp: Option<i64>,
@@ -69,7 +79,7 @@ impl ParsedLine<'_> {
         use std::fmt::Write as _;
         let mut s = String::with_capacity(self.raw.len().max(64));
         escape_into(&mut s, &self.measurement, Element::Measurement);
-        for (k, v) in &self.tags {
+        for (k, v) in self.tags.iter() {
             s.push(',');
             escape_into(&mut s, k, Element::Key);
             s.push('=');
@@ -123,6 +133,7 @@ pub fn parse_lines(body: &[u8]) -> Lines<'_> {
         pos: 0,
         line_number: 0,
         hint: (0, 0),
+        series: SeriesCache::default(),
     }
 }
 
@@ -134,6 +145,42 @@ pub struct Lines<'a> {
     line_number: usize,
     /// Tags and fields of the previous line: the next one likely has as many.
     hint: (usize, usize),
+    series: SeriesCache<'a>,
+}
+
+/// The series parsed so far in a body, by series text: their measurement and tags.
+#[derive(Debug, Default)]
+struct SeriesCache<'a> {
+    parsed: HashMap<&'a str, (Cow<'a, str>, Tags<'a>), ahash::RandomState>,
+    lookups: usize,
+    hits: usize,
+    /// Off for the rest of a body whose series rarely repeat: the lookups would cost more
+    /// than they save.
+    off: bool,
+}
+
+impl<'a> SeriesCache<'a> {
+    /// Series kept at most: the cache grows with the body, not without bound.
+    const CAPACITY: usize = 100_000;
+    /// Lookups after which a cache that rarely hits turns itself off.
+    const TRIAL: usize = 1024;
+
+    fn get(&mut self, series: &str) -> Option<(Cow<'a, str>, Tags<'a>)> {
+        self.lookups += 1;
+        let found = self.parsed.get(series).cloned();
+        self.hits += usize::from(found.is_some());
+        if self.lookups == Self::TRIAL && self.hits * 8 < self.lookups {
+            self.off = true;
+            self.parsed = HashMap::default();
+        }
+        found
+    }
+
+    fn insert(&mut self, series: &'a str, measurement: Cow<'a, str>, tags: Tags<'a>) {
+        if !self.off && self.parsed.len() < Self::CAPACITY {
+            self.parsed.insert(series, (measurement, tags));
+        }
+    }
 }
 
 impl<'a> Iterator for Lines<'a> {
@@ -169,7 +216,7 @@ impl<'a> Iterator for Lines<'a> {
                     }));
                 }
             };
-            let parsed = parse_with_hint(text, line_number, self.hint);
+            let parsed = parse_with_hint(text, line_number, self.hint, Some(&mut self.series));
             if let Ok(line) = &parsed {
                 self.hint = (line.tags.len(), line.fields.len());
             }
@@ -181,21 +228,23 @@ impl<'a> Iterator for Lines<'a> {
 /// Parses one line (without its terminator). Blank and comment lines are errors here:
 /// [`parse_lines`] skips them before calling this.
 pub fn parse_line(line: &str, line_number: usize) -> Result<ParsedLine<'_>, LineError> {
-    parse_with_hint(line, line_number, (0, 0))
+    parse_with_hint(line, line_number, (0, 0), None)
 }
 
-/// [`parse_line`], with room reserved for as many tags and fields as `hint` says.
-fn parse_with_hint(
-    line: &str,
+/// [`parse_line`], with room reserved for as many tags and fields as `hint` says, taking
+/// the measurement and tags from `series` when an earlier line had the same series text.
+fn parse_with_hint<'a>(
+    line: &'a str,
     line_number: usize,
     hint: (usize, usize),
-) -> Result<ParsedLine<'_>, LineError> {
+    series: Option<&mut SeriesCache<'a>>,
+) -> Result<ParsedLine<'a>, LineError> {
     Parser {
         line,
         bytes: line.as_bytes(),
         pos: 0,
     }
-    .parse(line_number, hint)
+    .parse(line_number, hint, series)
     .map_err(|(column, message)| LineError {
         line_number,
         original_line: line.to_owned(),
@@ -232,37 +281,39 @@ struct Parser<'a> {
 }
 
 impl<'a> Parser<'a> {
-    fn parse(mut self, line_number: usize, hint: (usize, usize)) -> ParseResult<ParsedLine<'a>> {
+    fn parse(
+        mut self,
+        line_number: usize,
+        hint: (usize, usize),
+        cache: Option<&mut SeriesCache<'a>>,
+    ) -> ParseResult<ParsedLine<'a>> {
         // Leading whitespace is tolerated, as InfluxDB does.
         while matches!(self.peek(), Some(b' ' | b'\t')) {
             self.pos += 1;
         }
         let series_start = self.pos;
-        let measurement = self.element(COMMA | SPACE, MEASUREMENT_ESCAPES);
-        if measurement.is_empty() {
-            return self.fail("missing measurement");
-        }
-        let mut tags: Vec<(Cow<'a, str>, Cow<'a, str>)> = Vec::with_capacity(hint.0);
-        let mut tag_sigs = KeySigs::default();
-        while self.peek() == Some(b',') {
-            self.pos += 1;
-            let key = self.element(EQUALS | COMMA | SPACE, KEY_ESCAPES);
-            if key.is_empty() {
-                return self.fail("missing tag key");
+        let cache = cache.filter(|c| !c.off);
+        let (measurement, tags) = match cache {
+            Some(cache) => {
+                // A series parses the same wherever it appears: it ends at the first
+                // space no backslash escapes, as every element of it does.
+                let end = series_end(self.bytes, series_start);
+                let series = &self.line[series_start..end];
+                match cache.get(series) {
+                    Some(parsed) => {
+                        self.pos = end;
+                        parsed
+                    }
+                    None => {
+                        let (measurement, tags) = self.series(hint.0)?;
+                        debug_assert_eq!(self.pos, end, "a parsed series ends where scanned");
+                        cache.insert(series, measurement.clone(), tags.clone());
+                        (measurement, tags)
+                    }
+                }
             }
-            if self.peek() != Some(b'=') {
-                return self.fail(format!("expected '=' after tag key '{key}'"));
-            }
-            self.pos += 1;
-            let value = self.element(COMMA | SPACE, KEY_ESCAPES);
-            if value.is_empty() {
-                return self.fail(format!("missing value for tag '{key}'"));
-            }
-            if is_duplicate(&mut tag_sigs, &tags, &key) {
-                return self.fail(format!("duplicate tag '{key}'"));
-            }
-            tags.push((key, value));
-        }
+            None => self.series(hint.0)?,
+        };
         let series = &self.line[series_start..self.pos];
         if self.peek() != Some(b' ') {
             return match self.peek() {
@@ -309,6 +360,36 @@ impl<'a> Parser<'a> {
             raw: self.line,
             series,
         })
+    }
+
+    /// Parses the series: the measurement and the tags, up to the space before the fields.
+    fn series(&mut self, tags_hint: usize) -> ParseResult<(Cow<'a, str>, Tags<'a>)> {
+        let measurement = self.element(COMMA | SPACE, MEASUREMENT_ESCAPES);
+        if measurement.is_empty() {
+            return self.fail("missing measurement");
+        }
+        let mut tags: Vec<(Cow<'a, str>, Cow<'a, str>)> = Vec::with_capacity(tags_hint);
+        let mut tag_sigs = KeySigs::default();
+        while self.peek() == Some(b',') {
+            self.pos += 1;
+            let key = self.element(EQUALS | COMMA | SPACE, KEY_ESCAPES);
+            if key.is_empty() {
+                return self.fail("missing tag key");
+            }
+            if self.peek() != Some(b'=') {
+                return self.fail(format!("expected '=' after tag key '{key}'"));
+            }
+            self.pos += 1;
+            let value = self.element(COMMA | SPACE, KEY_ESCAPES);
+            if value.is_empty() {
+                return self.fail(format!("missing value for tag '{key}'"));
+            }
+            if is_duplicate(&mut tag_sigs, &tags, &key) {
+                return self.fail(format!("duplicate tag '{key}'"));
+            }
+            tags.push((key, value));
+        }
+        Ok((measurement, tags.into()))
     }
 
     fn peek(&self) -> Option<u8> {
@@ -531,6 +612,25 @@ fn is_duplicate<V>(sigs: &mut KeySigs, seen: &[(Cow<'_, str>, V)], key: &str) ->
         }
     }
     duplicate
+}
+
+/// Where the series starting at `start` ends: the first space no backslash escapes (a
+/// backslash takes the byte after it, whatever it is, as [`Parser::element`] scans).
+fn series_end(bytes: &[u8], start: usize) -> usize {
+    let rest = &bytes[start..];
+    let space = memchr::memchr(b' ', rest).unwrap_or(rest.len());
+    if memchr::memchr(b'\\', &rest[..space]).is_none() {
+        return start + space;
+    }
+    let mut pos = start;
+    while let Some(&b) = bytes.get(pos) {
+        match b {
+            b' ' => break,
+            b'\\' => pos = (pos + 2).min(bytes.len()),
+            _ => pos += 1,
+        }
+    }
+    pos
 }
 
 /// Cheap pre-check that keeps `inf`, `NaN` and other words out of the number parsers.

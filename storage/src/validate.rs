@@ -380,7 +380,7 @@ fn add_new_columns(
             limits.max_columns_per_table
         ));
     }
-    for (key, _) in &line.tags {
+    for (key, _) in line.tags.iter() {
         if table.column_type(key).is_none() {
             table.add_column(key, ColumnType::Tag);
         }
@@ -434,11 +434,7 @@ fn check_line(
     check_tags: bool,
 ) -> Result<Checked, String> {
     let table = columns.table;
-    let tags = if check_tags {
-        line.tags.as_slice()
-    } else {
-        &[]
-    };
+    let tags = if check_tags { &line.tags[..] } else { &[] };
     // Every table has a `time` column, so a key named `time` resolves to it.
     let mut complete = true;
     for (position, (key, _)) in tags.iter().enumerate() {

@@ -15,8 +15,8 @@ fn parses_a_full_line() {
         one("cpu,host=a,region=eu usage=0.5,count=3i,big=7u,ok=t,name=\"x y\" 1700000000000000000");
     assert_eq!(p.measurement, "cpu");
     assert_eq!(
-        p.tags,
-        vec![("host".into(), "a".into()), ("region".into(), "eu".into())]
+        p.tags[..],
+        [("host".into(), "a".into()), ("region".into(), "eu".into())]
     );
     assert_eq!(
         p.fields,
@@ -273,12 +273,67 @@ proptest! {
         }
     }
 
+    /// A body parses line by line exactly as each line does alone, though repeated series
+    /// are parsed once: series made of the bytes escapes and separators are made of, so
+    /// that repeats, near repeats, escaped spaces and bad series all occur.
+    #[test]
+    fn repeated_series_parse_as_each_line_alone(
+        series in prop::collection::vec(r#"[a\\, =]{0,3}(,[ab\\ =]{0,3}=[ab\\, ]{0,3}){0,3}"#, 1..6),
+        lines in prop::collection::vec((0usize..6, r#"[ab\\=]{0,2}(=1i?)? ?[0-9]{0,2}"#), 1..40),
+    ) {
+        let lines: Vec<String> = lines
+            .iter()
+            .map(|(i, rest)| format!("{} {rest}", series[i % series.len()]))
+            .collect();
+        let body = lines.join("\n");
+        let together: Vec<_> = parse_lines(body.as_bytes()).collect();
+        let alone: Vec<_> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| {
+                let t = l.trim_start_matches([' ', '\t']);
+                !t.is_empty() && !t.starts_with('#')
+            })
+            .map(|(i, l)| parse_line(l, i + 1))
+            .collect();
+        prop_assert_eq!(together, alone);
+    }
+
     #[test]
     fn never_panics_on_arbitrary_bytes(body in prop::collection::vec(any::<u8>(), 0..200)) {
         for line in parse_lines(&body) {
             let _ = line;
         }
     }
+}
+
+#[test]
+fn lines_of_one_series_share_its_tags() {
+    let body = "cpu,host=a\\ b,dc=x u=1 1\ncpu,host=b u=2 2\ncpu,host=a\\ b,dc=x u=3 3\n";
+    let lines: Vec<_> = parse_lines(body.as_bytes()).map(Result::unwrap).collect();
+    assert!(Arc::ptr_eq(&lines[0].tags, &lines[2].tags));
+    assert_eq!(lines[2].tags[0], ("host".into(), "a b".into()));
+    assert_eq!(lines[2].series, r"cpu,host=a\ b,dc=x");
+    assert_eq!(lines[1].tags[0], ("host".into(), "b".into()));
+    // A series that failed to parse is not remembered: each repeat fails the same way.
+    let errors: Vec<_> = parse_lines(b"m,t u=1\nm,t u=2\n")
+        .map(|l| l.unwrap_err())
+        .collect();
+    assert_eq!(errors.len(), 2);
+    assert!(errors[1].message.contains("expected '=' after tag key 't'"));
+}
+
+#[test]
+fn series_cache_turns_off_when_series_do_not_repeat() {
+    let body: String = (0..3000)
+        .map(|i| format!("m,host=h{i} v=1 {i}\n"))
+        .collect();
+    let mut lines = parse_lines(body.as_bytes());
+    let parsed: Vec<_> = lines.by_ref().map(Result::unwrap).collect();
+    assert_eq!(parsed.len(), 3000);
+    assert_eq!(parsed[2999].tags[0].1, "h2999");
+    assert!(lines.series.off);
+    assert!(lines.series.parsed.is_empty());
 }
 
 #[test]

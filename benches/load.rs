@@ -52,7 +52,10 @@ fn start(dir: &Path) -> Server {
         .args(["--buffer-memory-limit", BUFFER_MEMORY])
         .args(["--query-memory-limit", QUERY_MEMORY])
         .args(["--max-connections", "200"])
-        .env("GANNET_LOG", "warn")
+        .env(
+            "GANNET_LOG",
+            std::env::var("GANNET_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .spawn()
         .expect("gannet serve");
@@ -142,6 +145,7 @@ fn main() {
     let (rows_written, write_errors, writes) =
         (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
     let write_latencies = std::sync::Mutex::new(Vec::new());
+    let peak_sample = std::sync::Mutex::new(None::<MemorySample>);
     let pgbench_out = std::thread::scope(|scope| {
         for w in 0..writers {
             let (stop, rows_written, write_errors, writes, url) =
@@ -189,6 +193,22 @@ fn main() {
                 write_latencies.lock().unwrap().extend(mine);
             });
         }
+        // Every second, the server's memory gauges; the sample with the largest resident
+        // size says where the memory was at the peak.
+        let metrics_url = format!("http://127.0.0.1:{}/metrics", server.http);
+        let (stop_ref, peak_ref) = (&stop, &peak_sample);
+        scope.spawn(move || {
+            let agent = ureq::Agent::new_with_defaults();
+            while !stop_ref.load(Ordering::Relaxed) {
+                if let Some(sample) = memory_sample(&agent, &metrics_url) {
+                    let mut peak = peak_ref.lock().unwrap();
+                    if peak.as_ref().is_none_or(|p| p.resident < sample.resident) {
+                        *peak = Some(sample);
+                    }
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
         let out = Command::new("pgbench")
             .args(["-n", "-M", "extended", "-h", "127.0.0.1", "-U", "load"])
             .args(["-p", &server.pg.to_string()])
@@ -288,4 +308,51 @@ fn main() {
         "\npeak server RSS: {peak:.0} MiB (write buffer limit {BUFFER_MEMORY}, query memory \
          limit {QUERY_MEMORY})"
     );
+    if let Some(p) = peak_sample.into_inner().unwrap() {
+        let mib = |b: f64| b / (1024.0 * 1024.0);
+        println!(
+            "at the largest sampled RSS ({:.0} MiB): buffer {:.0} MiB, running queries {:.0} \
+             MiB, kept merges {:.0} MiB, heap allocated {:.0} MiB, heap free {:.0} MiB",
+            mib(p.resident),
+            mib(p.buffer),
+            mib(p.queries),
+            mib(p.kept),
+            mib(p.heap_allocated),
+            mib(p.heap_free),
+        );
+    }
+}
+
+/// The server's memory gauges from `/metrics`, in bytes.
+#[derive(Debug)]
+struct MemorySample {
+    resident: f64,
+    buffer: f64,
+    queries: f64,
+    kept: f64,
+    heap_allocated: f64,
+    heap_free: f64,
+}
+
+fn memory_sample(agent: &ureq::Agent, url: &str) -> Option<MemorySample> {
+    let text = agent
+        .get(url)
+        .call()
+        .ok()?
+        .body_mut()
+        .read_to_string()
+        .ok()?;
+    let gauge = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    Some(MemorySample {
+        resident: gauge("process_resident_memory_bytes"),
+        buffer: gauge("gannet_buffer_bytes"),
+        queries: gauge("gannet_query_memory_bytes"),
+        kept: gauge("gannet_kept_merge_bytes"),
+        heap_allocated: gauge("gannet_heap_allocated_bytes"),
+        heap_free: gauge("gannet_heap_free_bytes"),
+    })
 }

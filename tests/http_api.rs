@@ -322,10 +322,28 @@ fn health_ping_and_metrics() {
         "gannet_query_duration_seconds_count 1\n",
         "# TYPE gannet_wal_fsync_seconds summary\n",
         "gannet_tables 1\n",
+        "gannet_query_memory_bytes ",
+        "gannet_kept_merge_bytes ",
     ] {
         assert!(
             text.contains(expected),
             "{expected:?} missing from:\n{text}"
         );
     }
+    // Memory gauges: the resident size, and what the heap holds, as numbers.
+    let gauge = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    let resident = gauge("process_resident_memory_bytes");
+    assert!(resident > 1e6, "resident {resident}");
+    let allocated = gauge("gannet_heap_allocated_bytes");
+    assert!(
+        allocated > 1e5 && allocated < resident * 2.0,
+        "allocated {allocated}"
+    );
+    assert!(gauge("gannet_heap_free_bytes") >= 0.0);
 }

@@ -236,6 +236,12 @@ impl QueryEngine {
         self
     }
 
+    /// The memory queries hold now, in bytes: (reserved in the pool of running queries,
+    /// held by merges kept between queries).
+    pub fn memory_held(&self) -> (usize, usize) {
+        (self.runtime.memory_pool.reserved(), self.merged.held())
+    }
+
     /// Scoring rules' counts and alert feed.
     pub fn scoring(&self) -> &Arc<scoring::ScoringState> {
         &self.scoring

@@ -136,6 +136,15 @@ impl MergedWindows {
         self.limit
     }
 
+    /// The bytes the kept merges hold now.
+    pub fn held(&self) -> usize {
+        let entries = self.entries.lock().expect("merged windows lock");
+        entries
+            .values()
+            .map(|(_, b, _)| b.get_array_memory_size())
+            .sum()
+    }
+
     pub(crate) fn get(&self, key: &RunKey, contents: &RunContents) -> Option<Cached> {
         let entries = self.entries.lock().expect("merged windows lock");
         let (cached, batch, indexes) = entries.get(key)?;

@@ -685,7 +685,7 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        state.metrics.render(&state.engine),
+        state.metrics.render(&state.engine, &state.query),
     )
         .into_response()
 }

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use gannet_query::QueryEngine;
 use gannet_storage::Engine;
 
 /// Upper bounds (seconds) of the query latency histogram's buckets.
@@ -53,7 +54,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of these counters and of the engine's state.
-    pub fn render(&self, engine: &Engine) -> String {
+    pub fn render(&self, engine: &Engine, query: &QueryEngine) -> String {
         let mut out = String::with_capacity(4096);
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let wal = engine.wal_stats();
@@ -142,6 +143,20 @@ impl Metrics {
             "Write-ahead log files on disk.",
             buffer.wal_files as f64,
         );
+        let (running, kept) = query.memory_held();
+        gauge(
+            &mut out,
+            "gannet_query_memory_bytes",
+            "Bytes reserved by running queries in the query memory pool.",
+            running as f64,
+        );
+        gauge(
+            &mut out,
+            "gannet_kept_merge_bytes",
+            "Bytes of merged buffer and segment data kept for later queries.",
+            kept as f64,
+        );
+        memory(&mut out);
         let catalog = engine.catalog();
         let (tables, segments, segment_bytes) = catalog
             .databases
@@ -207,4 +222,32 @@ fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
         out,
         "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
     );
+}
+
+/// The process's resident memory and, with glibc, what its heap holds in use and free.
+/// The limits account for the buffer and the query gauges; the resident size beyond them
+/// is everything else.
+fn memory(out: &mut String) {
+    if let Some(resident) = super::memory::resident_bytes() {
+        gauge(
+            out,
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            resident as f64,
+        );
+    }
+    if let Some(heap) = super::memory::heap() {
+        gauge(
+            out,
+            "gannet_heap_allocated_bytes",
+            "Bytes the memory allocator has handed out and not had back.",
+            heap.allocated as f64,
+        );
+        gauge(
+            out,
+            "gannet_heap_free_bytes",
+            "Bytes the memory allocator holds free for reuse.",
+            heap.free as f64,
+        );
+    }
 }

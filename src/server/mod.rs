@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod models;
 pub mod pg;
@@ -153,6 +154,9 @@ impl Server {
         if let Some(bytes) = config.buffer_memory {
             engine_config.memory_limit = bytes;
         }
+        let budget =
+            engine_config.memory_limit + config.query_memory.unwrap_or(engine_config.memory_limit);
+        memory::configure_allocator();
         let engine = tokio::task::spawn_blocking(move || Engine::open(engine_config))
             .await?
             .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?;
@@ -171,6 +175,7 @@ impl Server {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(models::watch(models, stopped.clone()));
+        tasks.spawn(memory::release_free_memory(budget as u64, stopped.clone()));
 
         let state = Arc::new(http::HttpState {
             engine: engine.clone(),

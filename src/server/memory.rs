@@ -8,7 +8,7 @@
 //! size, next to 1,144 MiB in use: scans, merges and write bodies free large buffers on
 //! many threads, and the pages stayed resident where no limit counted them.
 //!
-//! Two measures, both glibc only:
+//! Two measures, both glibc only (2.33 or later, for `mallinfo2`):
 //! - [`configure_allocator`] fixes the size from which blocks are mapped on their own (and
 //!   unmapped when freed) at 512 KiB, where glibc would raise it.
 //! - [`release_free_memory`] checks the heap every second and, when the process is past
@@ -28,7 +28,12 @@ const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 const KEEP_FREE_BYTES: u64 = 64 << 20;
 
 /// Blocks from this size on are mapped on their own and unmapped when freed.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 const MMAP_THRESHOLD: usize = 512 << 10;
+
+/// Past half of the limits, the heap is trimmed at least this often while it holds free
+/// memory, even if the process did not grow: what a burst left free goes back.
+const IDLE_TRIM_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Sets the allocator up for a long-running server (see the module's docs).
 pub fn configure_allocator() {
@@ -79,46 +84,69 @@ pub fn resident_bytes() -> Option<u64> {
 /// Gives free heap memory back to the system, every [`CHECK_INTERVAL`], until `stopped`,
 /// once the process's resident size passes half of `budget` (the memory limits' sum).
 pub async fn release_free_memory(budget: u64, mut stopped: watch::Receiver<bool>) {
-    // Memory given back still counts as free: trim again only once the resident size has
-    // grown since the last trim.
+    if heap().is_none() {
+        return;
+    }
+    // Memory given back still counts as free: trim again once the resident size has grown
+    // since the last trim, or after a while.
     let floor = budget / 2;
-    let mut resident_after_trim = floor;
+    let mut mark = floor;
+    let mut last = Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(CHECK_INTERVAL) => {}
             _ = stopped.changed() => return,
         }
-        let above = resident_after_trim;
-        match tokio::task::spawn_blocking(move || trim(above)).await {
-            Ok(Some(resident)) => resident_after_trim = resident.max(floor),
-            Ok(None) => {}
+        let (above, idle) = (mark, last.elapsed() >= IDLE_TRIM_INTERVAL);
+        match tokio::task::spawn_blocking(move || trim(above, idle)).await {
+            Ok(Trim::Trimmed(resident)) => {
+                (mark, last) = (resident.max(floor), Instant::now());
+            }
+            Ok(Trim::Below(resident)) => mark = resident.max(floor),
+            Ok(Trim::NotYet) => {}
             Err(e) => tracing::warn!("releasing free memory: {e}"),
         }
     }
 }
 
+/// What [`trim`] did.
+#[derive(Debug, PartialEq)]
+enum Trim {
+    /// Trimmed the heap, leaving this resident size.
+    Trimmed(u64),
+    /// Nothing: the process is below the mark, at this resident size.
+    Below(u64),
+    NotYet,
+}
+
 /// Trims the heap if it holds more than [`KEEP_FREE_BYTES`] free and the process has grown
-/// by as much above `floor`. Returns the new floor: the resident size after trimming, or
-/// the present one if the process has shrunk below `floor`.
-fn trim(floor: u64) -> Option<u64> {
-    let heap = heap()?;
-    let resident = resident_bytes()?;
-    if resident < floor {
-        return Some(resident);
+/// by as much above `mark` (or, if `idle`, is above it at all).
+fn trim(mark: u64, idle: bool) -> Trim {
+    let Some(resident) = resident_bytes() else {
+        return Trim::NotYet;
+    };
+    if resident < mark {
+        return Trim::Below(resident);
     }
-    if heap.free < KEEP_FREE_BYTES || resident < floor + KEEP_FREE_BYTES {
-        return None;
+    if !idle && resident < mark + KEEP_FREE_BYTES {
+        return Trim::NotYet;
     }
-    let started = Instant::now();
-    release();
-    let after = resident_bytes().unwrap_or(resident);
-    tracing::debug!(
-        free_mib = heap.free >> 20,
-        released_mib = resident.saturating_sub(after) >> 20,
-        took = ?started.elapsed(),
-        "returned free heap memory to the system"
-    );
-    Some(after)
+    // (mallinfo2 walks every arena: read only when a trim may be due.)
+    match heap() {
+        Some(heap) if heap.free >= KEEP_FREE_BYTES => {
+            let started = Instant::now();
+            release();
+            let after = resident_bytes().unwrap_or(resident);
+            tracing::debug!(
+                free_mib = heap.free >> 20,
+                released_mib = resident.saturating_sub(after) >> 20,
+                took = ?started.elapsed(),
+                "returned free heap memory to the system"
+            );
+            Trim::Trimmed(after)
+        }
+        _ => Trim::NotYet,
+    }
 }
 
 fn release() {
@@ -160,9 +188,13 @@ mod tests {
             freed / MIB
         );
         assert!(heap().unwrap().free > 200 * MIB);
-        // A floor above the process's size: nothing to do, the new floor is its size.
-        assert!(trim(u64::MAX).is_some_and(|r| r < u64::MAX));
-        let after = trim(0).expect("trimmed");
+        // A mark above the process's size: nothing to do.
+        assert!(matches!(trim(u64::MAX, true), Trim::Below(_)));
+        // Grown by less than the free memory kept, and not idle: not yet.
+        assert_eq!(trim(freed - 32 * MIB, false), Trim::NotYet);
+        let Trim::Trimmed(after) = trim(0, false) else {
+            panic!("not trimmed")
+        };
         assert!(
             after + 128 * MIB < freed,
             "{} -> {} MiB",

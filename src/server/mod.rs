@@ -154,8 +154,9 @@ impl Server {
         if let Some(bytes) = config.buffer_memory {
             engine_config.memory_limit = bytes;
         }
-        let budget =
-            engine_config.memory_limit + config.query_memory.unwrap_or(engine_config.memory_limit);
+        let budget = engine_config
+            .memory_limit
+            .saturating_add(config.query_memory.unwrap_or(engine_config.memory_limit));
         memory::configure_allocator();
         let engine = tokio::task::spawn_blocking(move || Engine::open(engine_config))
             .await?

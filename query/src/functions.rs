@@ -27,6 +27,7 @@ pub fn register(ctx: &SessionContext) {
     ctx.register_udaf(AggregateUDF::new_from_impl(Selector::new(Pick::First)));
     ctx.register_udaf(AggregateUDF::new_from_impl(Selector::new(Pick::Last)));
     crate::first_last::register(ctx);
+    crate::runs::register(ctx);
     crate::gapfill::register(ctx);
 }
 

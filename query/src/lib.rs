@@ -41,6 +41,7 @@ mod latest;
 mod merge;
 pub mod onnx;
 mod planner;
+mod runs;
 pub mod scoring;
 pub mod system;
 pub mod table;

@@ -12,8 +12,7 @@
 //! through `merge_batch`, the path that combines partial aggregates. Batches whose runs are
 //! short (rows in arrival order, where groups alternate at every row) go to `update_batch`
 //! unchanged, and so does anything with nulls or a filter. `min` and `max` are left alone:
-//! they store only when a value beats the one kept, so there is no chain to break, and
-//! folding made groupby-orderby-limit (runs of six rows) a third slower.
+//! they store only when a value beats the one kept, so there is no chain to break.
 //!
 //! Everything else is DataFusion's function; the wrappers replace the built-ins by name in
 //! every Gannet session.

@@ -100,7 +100,7 @@ fn table(runs: &[(i64, usize, bool)], seed: u64) -> RecordBatch {
     .unwrap()
 }
 
-/// The query's answer as text, one line per group, floats to 9 significant digits (sums
+/// The query's answer as text, one line per group, floats to ten significant digits (sums
 /// folded four lanes at a time add in another order).
 async fn answer(batch: &RecordBatch, folding: bool) -> Vec<String> {
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));

@@ -39,6 +39,7 @@ pub mod functions;
 pub mod gapfill;
 mod latest;
 mod merge;
+mod newest;
 pub mod onnx;
 mod planner;
 mod runs;

@@ -13,6 +13,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 
 use crate::gapfill::plan::GapFillPlanner;
+use crate::newest::{NarrowToNewestBuckets, NewestBucketsPlanner};
 
 #[derive(Debug, Default)]
 struct GannetQueryPlanner;
@@ -31,9 +32,12 @@ impl QueryPlanner for GannetQueryPlanner {
                 tracing::debug!(error = %e, "latest-row narrowing skipped");
                 None
             });
-        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(GapFillPlanner)])
-            .create_physical_plan(narrowed.as_ref().unwrap_or(logical_plan), session)
-            .await
+        DefaultPhysicalPlanner::with_extension_planners(vec![
+            Arc::new(GapFillPlanner),
+            Arc::new(NewestBucketsPlanner),
+        ])
+        .create_physical_plan(narrowed.as_ref().unwrap_or(logical_plan), session)
+        .await
     }
 }
 
@@ -41,6 +45,7 @@ impl QueryPlanner for GannetQueryPlanner {
 pub fn install(state: SessionState) -> SessionState {
     SessionStateBuilder::new_from_existing(state)
         .with_analyzer_rule(Arc::new(crate::gapfill::HandleGapFill))
+        .with_optimizer_rule(Arc::new(NarrowToNewestBuckets))
         .with_query_planner(Arc::new(GannetQueryPlanner))
         .build()
 }

@@ -86,6 +86,12 @@ impl GannetTable {
             merged,
         }
     }
+
+    /// The oldest and newest times the table holds, from its segments' and buffered
+    /// writes' bounds ([`Engine::time_span`]).
+    pub fn time_span(&self) -> Option<(i64, i64)> {
+        self.engine.time_span(&self.db, &self.table)
+    }
 }
 
 /// Merges kept between queries: merging (sorting and deduplicating a run's segments and

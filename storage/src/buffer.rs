@@ -179,6 +179,17 @@ impl Buffer {
     }
 
     /// A table's buffered batches, oldest write first.
+    /// The oldest and newest times of a table's buffered rows (a delete may since have
+    /// removed the rows at either end), or `None` if none are buffered.
+    pub fn table_time_span(&self, db: &str, table: &str) -> Option<(i64, i64)> {
+        let chunks = self.tables.get(&(db.to_owned(), table.to_owned()))?;
+        chunks
+            .values()
+            .flat_map(|c| &c.batches)
+            .map(|b| (b.min_time, b.max_time))
+            .reduce(|(a, b), (c, d)| (a.min(c), b.max(d)))
+    }
+
     pub fn table_batches(&self, db: &str, table: &str) -> Vec<Arc<Buffered>> {
         let Some(chunks) = self.tables.get(&(db.to_owned(), table.to_owned())) else {
             return Vec::new();

@@ -577,6 +577,28 @@ impl Engine {
         })
     }
 
+    /// The oldest and newest times a table holds, from its segments' and buffered writes'
+    /// bounds, without reading data: `None` if it does not exist or holds nothing. Deletes
+    /// not yet compacted away may have removed the rows at either end.
+    pub fn time_span(&self, db: &str, table: &str) -> Option<(i64, i64)> {
+        let catalog = self.catalog.read().expect("catalog lock");
+        let segments = catalog
+            .table(db, table)?
+            .segments
+            .iter()
+            .map(|s| (s.min_time, s.max_time))
+            .reduce(|(a, b), (c, d)| (a.min(c), b.max(d)));
+        let buffered = self
+            .buffer
+            .read()
+            .expect("buffer lock")
+            .table_time_span(db, table);
+        match (segments, buffered) {
+            (Some((a, b)), Some((c, d))) => Some((a.min(c), b.max(d))),
+            (one, other) => one.or(other),
+        }
+    }
+
     /// A copy of the catalog as it is now.
     pub fn catalog(&self) -> Catalog {
         self.catalog.read().expect("catalog lock").clone()

@@ -124,7 +124,7 @@ impl DisplayAs for GapFillExec {
     }
 }
 
-fn timestamp(nanos: i64) -> String {
+pub(crate) fn timestamp(nanos: i64) -> String {
     chrono::DateTime::from_timestamp_nanos(nanos)
         .format("%Y-%m-%dT%H:%M:%S%.fZ")
         .to_string()

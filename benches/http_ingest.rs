@@ -10,68 +10,19 @@
 //! influxd) tune it. Both servers run on loopback with their data in a temporary directory.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 #[path = "common/harness.rs"]
 mod harness;
-use harness::{env_or, free_port};
+use harness::{Server, env_or, free_port, start_gannet, wait_until_up};
 
 #[path = "common/tsbs.rs"]
 mod tsbs;
 
 const BATCH_LINES: usize = 5_000;
-
-/// A server process, killed when dropped.
-struct Server {
-    name: &'static str,
-    child: Child,
-    write_url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_until_up(url: &str, expect_status: u16) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Ok(response) = ureq::get(url).call()
-            && response.status().as_u16() == expect_status
-        {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{url} did not come up");
-}
-
-fn start_gannet(dir: &Path) -> (Server, u16) {
-    let http = free_port();
-    let pg = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_gannet"))
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["--http-addr", &format!("127.0.0.1:{http}")])
-        .args(["--pg-addr", &format!("127.0.0.1:{pg}")])
-        .env("GANNET_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("gannet serve");
-    wait_until_up(&format!("http://127.0.0.1:{http}/health"), 200);
-    let server = Server {
-        name: "gannet",
-        child,
-        write_url: format!("http://127.0.0.1:{http}/write?db=bench&precision=ns"),
-    };
-    (server, pg)
-}
 
 fn start_influxd(influxd: &str, dir: &Path) -> Option<Server> {
     let http = free_port();

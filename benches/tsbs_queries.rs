@@ -7,10 +7,13 @@
 //! 4.32 M rows. The first half of the hours is flushed to Parquet segments and compacted (one
 //! segment per hour, as the background compactor leaves hours no longer written to), the
 //! rest stays in Gannet's write buffer. DuckDB loads the same rows from a Parquet export into its own
-//! table. Each query runs once to warm up, then TSBS_RUNS times; the table shows medians.
+//! table. Then `gannet serve` opens the same directory (the buffered half replayed from the
+//! WAL) and psycopg sends the queries over the Postgres wire protocol, as DuckDB's are sent
+//! through its Python API: both results are fetched into Python rows. Each query runs once
+//! to warm up, then TSBS_RUNS times; the table shows medians.
 //! TSBS_EXPLAIN=<query name> prints that query's EXPLAIN ANALYZE instead; TSBS_PROFILE=<query
 //! name> runs it over and over (TSBS_PROFILE_SECS, 10) for a profiler, or only plans it
-//! (TSBS_PROFILE_PLAN=1).
+//! (TSBS_PROFILE_PLAN=1). TSBS_SERVE=1 keeps `gannet serve` up at the end, for psql.
 
 use std::path::Path;
 use std::process::Command;
@@ -21,6 +24,7 @@ use gannet::storage::{Engine, EngineConfig, Precision};
 #[path = "common/harness.rs"]
 mod harness;
 use harness::env_or;
+
 
 #[allow(dead_code)]
 #[path = "common/tsbs.rs"]
@@ -44,6 +48,34 @@ for name, sql in queries:
     out[name] = [statistics.median(times) * 1e3, len(rows)]
 print(json.dumps(out))
 "#;
+
+const PSYCOPG: &str = r#"
+import sys, json, time, statistics, psycopg
+port, runs, queries = int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])
+out = {}
+with psycopg.connect(host="127.0.0.1", port=port, dbname="bench", user="bench", autocommit=True) as conn:
+    for name, sql in queries:
+        conn.execute(sql).fetchall()
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            rows = conn.execute(sql).fetchall()
+            times.append(time.perf_counter() - t)
+        out[name] = [statistics.median(times) * 1e3, len(rows)]
+print(json.dumps(out))
+"#;
+
+/// The bytes of the files in `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -176,18 +208,59 @@ fn main() {
     );
     let duck: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
 
-    println!("\n| query | Gannet (ms) | DuckDB (ms) | Gannet / DuckDB | rows |");
-    println!("|---|---:|---:|---:|---:|");
+    // The same queries through `gannet serve` and psycopg, on the same data directory: the
+    // engine is dropped without flushing, so the server replays the buffered half from
+    // the WAL into its buffer.
+    drop(query);
+    let wal_bytes = dir_bytes(&dir.path().join("wal"));
+    assert_eq!(std::sync::Arc::strong_count(&engine), 1, "the engine is still in use");
+    drop(engine);
+    let started = Instant::now();
+    let (server, pg_port) = harness::start_gannet(dir.path());
+    println!(
+        "gannet serve up in {:.1} s (WAL replay of {:.0} MB)",
+        started.elapsed().as_secs_f64(),
+        wal_bytes as f64 / 1e6
+    );
+    let out = Command::new(&python)
+        .args(["-c", PSYCOPG, &pg_port.to_string(), &runs.to_string()])
+        .arg(serde_json::to_string(&queries).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "psycopg: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wire: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // TSBS_SERVE=1: keep the server up to look into it (until the bench is interrupted).
+    if std::env::var("TSBS_SERVE").is_ok() {
+        println!("{wire}\nserving: psql -h 127.0.0.1 -p {pg_port} -d bench");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+    drop(server);
+
+    println!(
+        "\n| query | Gannet (ms) | Gannet via psycopg (ms) | DuckDB (ms) | Gannet / DuckDB | \
+         via psycopg / DuckDB | rows |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for ((name, _), (ms, rows)) in queries.iter().zip(&gannet) {
         let duck_ms = duck[name][0].as_f64().unwrap();
         let duck_rows = duck[name][1].as_u64().unwrap() as usize;
+        let wire_ms = wire[name][0].as_f64().unwrap();
+        let wire_rows = wire[name][1].as_u64().unwrap() as usize;
         assert_eq!(
-            *rows, duck_rows,
-            "{name}: Gannet {rows} rows, DuckDB {duck_rows}"
+            (*rows, *rows),
+            (duck_rows, wire_rows),
+            "{name}: Gannet {rows} rows, DuckDB {duck_rows}, through psycopg {wire_rows}"
         );
         println!(
-            "| {name} | {ms:.1} | {duck_ms:.1} | {:.2} | {rows} |",
-            ms / duck_ms
+            "| {name} | {ms:.1} | {wire_ms:.1} | {duck_ms:.1} | {:.2} | {:.2} | {rows} |",
+            ms / duck_ms,
+            wire_ms / duck_ms
         );
     }
     println!(

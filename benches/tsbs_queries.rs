@@ -25,7 +25,6 @@ use gannet::storage::{Engine, EngineConfig, Precision};
 mod harness;
 use harness::env_or;
 
-
 #[allow(dead_code)]
 #[path = "common/tsbs.rs"]
 mod tsbs;
@@ -213,7 +212,11 @@ fn main() {
     // the WAL into its buffer.
     drop(query);
     let wal_bytes = dir_bytes(&dir.path().join("wal"));
-    assert_eq!(std::sync::Arc::strong_count(&engine), 1, "the engine is still in use");
+    assert_eq!(
+        std::sync::Arc::strong_count(&engine),
+        1,
+        "the engine is still in use"
+    );
     drop(engine);
     let started = Instant::now();
     let (server, pg_port) = harness::start_gannet(dir.path());

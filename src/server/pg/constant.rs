@@ -19,12 +19,6 @@ use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::prelude::SessionContext;
-use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
-use futures::{StreamExt, stream};
-use pgwire::api::portal::Format;
-use pgwire::api::results::QueryResponse;
-use pgwire::error::{PgWireError, PgWireResult};
-use pgwire::types::format::FormatOptions;
 
 /// How many constant plans a database keeps; past it, they are all let go and planned
 /// again as they come (a server sees few distinct constant statements).
@@ -136,30 +130,6 @@ fn is_constant(plan: &LogicalPlan) -> bool {
         })
     });
     constant
-}
-
-/// The rows of `stream` as Postgres data rows, encoded batch by batch as they come.
-pub(super) fn encode_stream(
-    stream: SendableRecordBatchStream,
-    format: &Format,
-    options: Option<Arc<FormatOptions>>,
-) -> PgWireResult<QueryResponse> {
-    let fields = Arc::new(arrow_schema_to_pg_fields(
-        stream.schema().as_ref(),
-        format,
-        options,
-    )?);
-    let encoding = fields.clone();
-    let rows = stream
-        .map(move |batch| {
-            let rows: Box<dyn Iterator<Item = PgWireResult<_>> + Send + Sync> = match batch {
-                Ok(batch) => encode_recordbatch(encoding.clone(), batch),
-                Err(e) => Box::new(std::iter::once(Err(PgWireError::ApiError(Box::new(e))))),
-            };
-            stream::iter(rows)
-        })
-        .flatten();
-    Ok(QueryResponse::new(fields, rows))
 }
 
 #[cfg(test)]

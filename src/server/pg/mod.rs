@@ -19,7 +19,6 @@ use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser;
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
-use datafusion_postgres::arrow_pg::datatypes::df::encode_dataframe;
 use datafusion_postgres::hooks::cursor::CursorStatementHook;
 use datafusion_postgres::hooks::set_show::SetShowHook;
 use datafusion_postgres::hooks::transactions::TransactionStatementHook;
@@ -47,6 +46,7 @@ mod constant;
 mod cork;
 pub mod notify;
 mod parse;
+mod rows;
 mod sasl_check;
 mod settings;
 
@@ -375,7 +375,8 @@ impl QueryRouter {
             } else {
                 let options = FormatOptions::from_client_metadata(client.metadata());
                 let response =
-                    encode_dataframe(frame, &Format::UnifiedText, Some(Arc::new(options))).await?;
+                    rows::encode_frame(frame, &Format::UnifiedText, Some(Arc::new(options)))
+                        .await?;
                 responses.push(Response::Query(response));
             }
         }
@@ -541,7 +542,7 @@ impl QueryRouter {
             .await
         {
             let rows = rows.map_err(api_error)?;
-            let response = constant::encode_stream(rows, &portal.result_column_format, options)?;
+            let response = rows::encode_stream(rows, &portal.result_column_format, options)?;
             return Ok(Response::Query(response));
         }
         let plan = plan
@@ -555,7 +556,7 @@ impl QueryRouter {
         if matches!(statement, sqlparser::ast::Statement::Insert(_)) {
             return rows_inserted(frame).await;
         }
-        let response = encode_dataframe(frame, &portal.result_column_format, options).await?;
+        let response = rows::encode_frame(frame, &portal.result_column_format, options).await?;
         Ok(Response::Query(response))
     }
 }

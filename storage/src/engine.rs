@@ -275,7 +275,7 @@ impl Engine {
                 for t in &tables {
                     merge_schema(&mut catalog, &db, t);
                 }
-                buffer.apply(seq, &db, tables);
+                buffer.apply_replayed(seq, &db, tables);
             }
             WalEntry::Delete {
                 db,

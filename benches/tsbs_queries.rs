@@ -152,17 +152,23 @@ fn main() {
             .iter()
             .find(|(name, _)| *name == wanted)
             .unwrap_or_else(|| panic!("no TSBS query named {wanted}"));
-        // TSBS_PROFILE_PLAN=1: plan it only (EXPLAIN), without running it.
-        let sql = &match std::env::var("TSBS_PROFILE_PLAN") {
-            Ok(_) => format!("EXPLAIN {sql}"),
-            Err(_) => sql.clone(),
-        };
+        // TSBS_PROFILE_PLAN=1: plan it only (SQL to physical plan), without running it.
+        let plan_only = std::env::var("TSBS_PROFILE_PLAN").is_ok();
         let until =
             Instant::now() + std::time::Duration::from_secs(env_or("TSBS_PROFILE_SECS", 10u64));
         let mut times = Vec::new();
         while Instant::now() < until {
             let t = Instant::now();
-            runtime.block_on(query.sql("bench", sql)).unwrap();
+            if plan_only {
+                runtime
+                    .block_on(async {
+                        let frame = query.session("bench").unwrap().sql(sql).await?;
+                        frame.create_physical_plan().await
+                    })
+                    .unwrap();
+            } else {
+                runtime.block_on(query.sql("bench", sql)).unwrap();
+            }
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
         println!(

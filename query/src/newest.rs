@@ -36,7 +36,7 @@ use datafusion::error::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::functions::datetime::date_bin::DateBinFunc;
 use datafusion::functions::datetime::date_trunc::DateTruncFunc;
-use datafusion::logical_expr::logical_plan::FetchType;
+use datafusion::logical_expr::logical_plan::{FetchType, SkipType};
 use datafusion::logical_expr::simplify::SimplifyContext;
 use datafusion::logical_expr::{
     Aggregate, Expr, Extension, LogicalPlan, LogicalPlanBuilder, UserDefinedLogicalNode,
@@ -167,6 +167,9 @@ fn narrow(
     let Some((oldest, newest)) = visible_times(input) else {
         return Ok(None);
     };
+    if !target.never_null_within(oldest, newest) {
+        return Ok(None);
+    }
     let Some(from) = target.guess(oldest, newest, config)? else {
         return Ok(None);
     };
@@ -210,6 +213,8 @@ fn narrow(
 /// What narrowing needs of a limit over a descending time-bucket aggregate.
 struct Target {
     fetch: usize,
+    /// How many buckets back the narrowed query reads: the limit and the offset.
+    depth: usize,
     aggregate: Aggregate,
     /// The bucket expression, one of the aggregate's group expressions.
     bucket: Expr,
@@ -225,12 +230,16 @@ impl Target {
     /// a time bucket of an aggregate's group, descending, through projections, aliases and
     /// (under the sort) filters.
     fn find(node: &LogicalPlan) -> Option<Target> {
-        let (fetch, below) = match node {
-            LogicalPlan::Limit(limit) => match limit.get_fetch_type().ok()? {
-                FetchType::Literal(Some(fetch)) => (fetch, limit.input.as_ref()),
-                _ => return None,
-            },
-            LogicalPlan::Sort(sort) => (sort.fetch?, node),
+        let (fetch, skip, below) = match node {
+            LogicalPlan::Limit(limit) => {
+                match (limit.get_fetch_type().ok()?, limit.get_skip_type().ok()?) {
+                    (FetchType::Literal(Some(fetch)), SkipType::Literal(skip)) => {
+                        (fetch, skip, limit.input.as_ref())
+                    }
+                    _ => return None,
+                }
+            }
+            LogicalPlan::Sort(sort) => (sort.fetch?, 0, node),
             _ => return None,
         };
         if fetch == 0 {
@@ -297,6 +306,7 @@ impl Target {
         };
         Some(Target {
             fetch,
+            depth: fetch.checked_add(skip)?,
             bucket,
             time_zone: time_zone.clone(),
             time_nullable: field.is_nullable(),
@@ -306,7 +316,30 @@ impl Target {
         })
     }
 
-    /// The start of the `fetch`-th bucket back from `newest`, if it is after `oldest` (else
+    /// Whether the bucket of every non-NULL time from `oldest` to `newest` is non-NULL.
+    /// `date_bin` gives NULL where the distance from its origin overflows (about 292
+    /// years in nanoseconds); such a NULL group would sort first and not be narrowed in.
+    fn never_null_within(&self, oldest: i64, newest: i64) -> bool {
+        const SAFE_DISTANCE: u64 = 250 * 366 * 86_400 * 1_000_000_000;
+        let Expr::ScalarFunction(function) = &self.bucket else {
+            return false;
+        };
+        if !function.func.inner().is::<DateBinFunc>() {
+            return true;
+        }
+        let origin = match function.args.get(2) {
+            None => 0,
+            Some(Expr::Literal(ScalarValue::TimestampNanosecond(Some(origin), _), _)) => *origin,
+            Some(_) => return false,
+        };
+        let near = |t: i64| {
+            t.checked_sub(origin)
+                .is_some_and(|d| d.unsigned_abs() < SAFE_DISTANCE)
+        };
+        near(oldest) && near(newest)
+    }
+
+    /// The start of the `depth`-th bucket back from `newest`, if it is after `oldest` (else
     /// narrowing would skip nothing).
     fn guess(&self, oldest: i64, newest: i64, config: &dyn OptimizerConfig) -> Result<Option<i64>> {
         let context = SimplifyContext::builder()
@@ -340,7 +373,7 @@ impl Target {
             return Ok(None);
         };
         let mut from = last;
-        let walked = (self.fetch - 1).min(WALKED_BUCKETS);
+        let walked = (self.depth - 1).min(WALKED_BUCKETS);
         for _ in 0..walked {
             if from <= oldest {
                 return Ok(None);
@@ -350,11 +383,12 @@ impl Target {
                 _ => return Ok(None),
             }
         }
-        let left = (self.fetch - 1 - walked) as i64;
+        let left = (self.depth - 1 - walked) as i64;
         if left > 0 {
-            let width = (last - from) / walked as i64;
-            let Some(back) = left
-                .checked_mul(width)
+            let Some(back) = last
+                .checked_sub(from)
+                .map(|span| span / walked as i64)
+                .and_then(|width| left.checked_mul(width))
                 .and_then(|step| from.checked_sub(step))
             else {
                 return Ok(None);
@@ -364,7 +398,15 @@ impl Target {
                 None => return Ok(None),
             }
         }
-        Ok((from > oldest).then_some(from))
+        if from <= oldest {
+            return Ok(None);
+        }
+        // `from` must be where a bucket starts, and the time before it in an earlier
+        // bucket: a bucket function that is not a floor (`date_bin` with a negative
+        // stride rounds up before its origin) is not narrowed.
+        let starts_here = bucket_of(from)? == Some(from);
+        let floor_below = matches!(bucket_of(from - 1)?, Some(previous) if previous < from);
+        Ok((starts_here && floor_below).then_some(from))
     }
 }
 

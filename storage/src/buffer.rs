@@ -316,7 +316,9 @@ impl Buffer {
                     let new = if kept.num_rows() == 0 {
                         0
                     } else {
-                        kept.get_array_memory_size()
+                        // By its values: the filter copies keys and numbers but keeps
+                        // dictionary values as slices, of a whole WAL record if replayed.
+                        values_size(&kept)
                     };
                     let old = buffered.bytes;
                     chunk.bytes = chunk.bytes + new - old;

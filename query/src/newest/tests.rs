@@ -146,4 +146,38 @@ async fn the_whole_query_runs_only_when_the_newest_buckets_come_back_short() {
         analyzed(&query, &sql(5, before)).await,
         "NewestBucketsExec: fetch=5, metrics=[whole_runs=0]"
     );
+    // The rows an OFFSET skips are read too: five minutes back for LIMIT 2 OFFSET 3.
+    assert_eq!(
+        analyzed(&query, &format!("{} OFFSET 3", sql(2, before))).await,
+        "NewestBucketsExec: fetch=2, metrics=[whole_runs=0]"
+    );
+}
+
+#[tokio::test]
+async fn buckets_that_are_not_floors_are_not_narrowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(EngineConfig::test_config(dir.path())).unwrap();
+    let mut lines = String::new();
+    for t in (0..600).step_by(60) {
+        writeln!(lines, "cpu,host=a u=1 {t}").unwrap();
+    }
+    engine
+        .write_lp("db", lines.as_bytes(), Precision::Second)
+        .unwrap();
+    let query = QueryEngine::new(engine);
+    // A negative stride rounds up before the origin; an origin 300 years away overflows
+    // into NULL buckets.
+    for bucket in [
+        "date_bin(INTERVAL '-1 minute', time, TIMESTAMP '2100-01-01')",
+        "date_bin(INTERVAL '1 minute', time, TIMESTAMP '2270-01-01')",
+    ] {
+        let sql = format!(
+            "EXPLAIN SELECT {bucket}, count(*) FROM cpu GROUP BY 1 ORDER BY 1 DESC LIMIT 1"
+        );
+        let plan = match query.sql("db", &sql).await {
+            Ok(batches) => pretty_format_batches(&batches).unwrap().to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert!(!plan.contains("NewestBuckets"), "{bucket}: {plan}");
+    }
 }

@@ -32,6 +32,7 @@ use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::data::DataRow;
 use pgwire::types::ToSqlText;
 use pgwire::types::format::FormatOptions;
+use pgwire::types::format::date_style::DateStyle;
 use postgres_types::{IsNull, ToSql};
 
 /// The rows of `stream` as Postgres data rows, encoded batch by batch as they come.
@@ -99,11 +100,17 @@ pub(super) fn encode_batch(
             {
                 return None;
             }
+            let text = field.format() == FieldFormat::Text;
+            let options = field.format_options();
+            let iso_timestamps = text
+                && *field.datatype() == Type::TIMESTAMP
+                && DateStyle::new(&options.date_style).full_format_str() == ISO_TIMESTAMP;
             Some(Column {
                 values: Values::of(array)?,
                 ty: field.datatype(),
-                text: field.format() == FieldFormat::Text,
-                options: field.format_options(),
+                text,
+                options,
+                iso_timestamps,
             })
         })
         .collect::<Option<_>>()?;
@@ -130,7 +137,14 @@ struct Column<'a> {
     ty: &'a Type,
     text: bool,
     options: &'a FormatOptions,
+    /// Zone-less timestamps in text as DateStyle ISO has them: written here, digit by
+    /// digit, rather than by chrono's strftime (pgwire parses the DateStyle and the format
+    /// string again for every value).
+    iso_timestamps: bool,
 }
+
+/// pgwire's strftime format for `timestamp` in DateStyle ISO.
+const ISO_TIMESTAMP: &str = "%Y-%m-%d %H:%M:%S%.6f";
 
 enum Values<'a> {
     Bool(&'a BooleanArray),
@@ -192,6 +206,11 @@ impl<'a> Values<'a> {
                 ) =>
             {
                 let dictionary = array.as_any_dictionary_opt()?;
+                // A dictionary of no values (every key NULL, as a tag column missing from a
+                // write is filled) has no keys to normalize: arrow-pg encodes it.
+                if dictionary.values().is_empty() {
+                    return None;
+                }
                 let values = Values::of(dictionary.values())?;
                 Values::Dictionary(array, dictionary.normalized_keys(), Box::new(values))
             }
@@ -237,6 +256,10 @@ impl Column<'_> {
                 }
                 .flatten();
                 match tz {
+                    None if self.iso_timestamps => match naive {
+                        Some(t) if put_iso_timestamp(buffer, &t) => Ok(()),
+                        _ => self.write(buffer, &naive),
+                    },
                     None => self.write(buffer, &naive),
                     Some(tz) => self.write(buffer, &naive.map(|t| in_zone(t, tz))),
                 }
@@ -267,6 +290,35 @@ impl Column<'_> {
         }
         Ok(())
     }
+}
+
+/// Writes `t` as a field, with its length, as `YYYY-MM-DD HH:MM:SS.ffffff` (chrono's
+/// `%Y-%m-%d %H:%M:%S%.6f`: microseconds, truncated). Returns false, having written
+/// nothing, for what that format would write otherwise: years outside 0-9999 and leap
+/// seconds.
+fn put_iso_timestamp(buffer: &mut BytesMut, t: &NaiveDateTime) -> bool {
+    use chrono::{Datelike, Timelike};
+    let (year, nanos) = (t.year(), t.nanosecond());
+    if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
+        return false;
+    }
+    let mut text = *b"0000-00-00 00:00:00.000000";
+    let mut digits = |at: usize, width: usize, mut value: u32| {
+        for i in (at..at + width).rev() {
+            text[i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    digits(0, 4, year as u32);
+    digits(5, 2, t.month());
+    digits(8, 2, t.day());
+    digits(11, 2, t.hour());
+    digits(14, 2, t.minute());
+    digits(17, 2, t.second());
+    digits(20, 6, nanos / 1_000);
+    buffer.put_i32(text.len() as i32);
+    buffer.put_slice(&text);
+    true
 }
 
 /// A UTC time as a time in `tz`, with its offset there (as arrow-pg sends zoned times).

@@ -153,6 +153,21 @@ proptest! {
 }
 
 #[test]
+fn a_dictionary_of_no_values_goes_to_arrow_pg() {
+    // As a tag column that a write lacks is filled: every key NULL, no values.
+    let tags = arrow::array::new_null_array(
+        &arrow::datatypes::DataType::Dictionary(
+            Box::new(arrow::datatypes::DataType::Int32),
+            Box::new(arrow::datatypes::DataType::Utf8),
+        ),
+        3,
+    );
+    let batch = RecordBatch::try_from_iter([("tag", tags)]).unwrap();
+    let fields = arrow_schema_to_pg_fields(&batch.schema(), &Format::UnifiedText, None).unwrap();
+    assert!(encode_batch(&batch, &fields).is_none());
+}
+
+#[test]
 fn other_types_and_fields_with_metadata_go_to_arrow_pg() {
     let list =
         arrow::array::ListArray::from_iter_primitive::<Int32Type, _, _>(vec![Some(vec![Some(1)])]);

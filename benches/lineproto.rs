@@ -33,8 +33,15 @@ fn parse(c: &mut Criterion) {
     let catalog = RwLock::new(Catalog::default());
     let limits = WriteLimits::default();
     let run = |body: &str| {
-        let lines = parse_lines(body.as_bytes());
-        validate(&catalog, "bench", lines, Precision::Nanosecond, 0, &limits).unwrap()
+        validate(
+            &catalog,
+            "bench",
+            body.as_bytes(),
+            Precision::Nanosecond,
+            0,
+            &limits,
+        )
+        .unwrap()
     };
     run(&write);
     group.throughput(Throughput::Bytes(write.len() as u64));

@@ -49,13 +49,15 @@ pub fn wait_until_up(url: &str, expect_status: u16) {
     panic!("{url} did not come up");
 }
 
-/// `gannet serve` (this build's binary) on `dir`, listening on free loopback ports, once
-/// it answers `/health`; and its Postgres port.
+/// `gannet serve` (this build's binary, or `$GANNET_BIN` to compare another build) on
+/// `dir`, listening on free loopback ports, once it answers `/health`; and its Postgres
+/// port.
 #[allow(dead_code)] // not every bench starts a server
 pub fn start_gannet(dir: &std::path::Path) -> (Server, u16) {
     let http = free_port();
     let pg = free_port();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_gannet"))
+    let bin = std::env::var_os("GANNET_BIN").unwrap_or(env!("CARGO_BIN_EXE_gannet").into());
+    let child = std::process::Command::new(bin)
         .arg("serve")
         .arg("--data-dir")
         .arg(dir)

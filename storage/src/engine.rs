@@ -24,7 +24,7 @@ use crate::config::EngineConfig;
 use crate::dedup::{by_distinct_values, dedup, dedup_sort, dedup_sort_by};
 use crate::delete::{DeletePredicate, Tombstone, deleted_rows, remove_rows};
 use crate::error::{Error, Result};
-use crate::lineproto::{LineError, parse_lines};
+use crate::lineproto::LineError;
 use crate::precision::Precision;
 use crate::retire::{Pins, SegmentPin};
 use crate::segment::SegmentError;
@@ -492,7 +492,7 @@ impl Engine {
         let write = validate(
             &self.catalog,
             db,
-            parse_lines(body),
+            body,
             precision,
             now_nanos(),
             &self.config.limits,

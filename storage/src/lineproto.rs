@@ -54,6 +54,9 @@ impl FieldValue<'_> {
 /// A line's tags, in the order written.
 pub type Tags<'a> = Arc<[(Cow<'a, str>, Cow<'a, str>)]>;
 
+/// A line's fields, in the order written.
+pub type Fields<'a> = Vec<(Cow<'a, str>, FieldValue<'a>)>;
+
 /// One parsed point, borrowing from the body it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParsedLine<'a> {
@@ -62,7 +65,7 @@ pub struct ParsedLine<'a> {
     pub measurement: Cow<'a, str>,
     /// Shared by the lines of a body with the same series text.
     pub tags: Tags<'a>,
-    pub fields: Vec<(Cow<'a, str>, FieldValue<'a>)>,
+    pub fields: Fields<'a>,
     /// The timestamp as written, in the request's precision; `None` takes the server's time.
     pub timestamp: Option<i64>,
     /// The line as it appeared in the body (without the line terminator).
@@ -134,6 +137,7 @@ pub fn parse_lines(body: &[u8]) -> Lines<'_> {
         line_number: 0,
         hint: (0, 0),
         series: SeriesCache::default(),
+        spare: Vec::new(),
     }
 }
 
@@ -146,6 +150,19 @@ pub struct Lines<'a> {
     /// Tags and fields of the previous line: the next one likely has as many.
     hint: (usize, usize),
     series: SeriesCache<'a>,
+    /// A fields vector handed back by [`Lines::recycle`], for the next line to fill.
+    spare: Fields<'a>,
+}
+
+impl<'a> Lines<'a> {
+    /// Hands a line that is done with back, so that the next line parses its fields into
+    /// the same vector instead of allocating one: a reader that consumes each line before
+    /// taking the next allocates nothing per line.
+    pub fn recycle(&mut self, line: ParsedLine<'a>) {
+        let mut fields = line.fields;
+        fields.clear();
+        self.spare = fields;
+    }
 }
 
 /// The series parsed so far in a body, by series text: their measurement and tags.
@@ -216,7 +233,9 @@ impl<'a> Iterator for Lines<'a> {
                     }));
                 }
             };
-            let parsed = parse_with_hint(text, line_number, self.hint, Some(&mut self.series));
+            let fields = std::mem::take(&mut self.spare);
+            let parsed =
+                parse_with_hint(text, line_number, self.hint, fields, Some(&mut self.series));
             if let Ok(line) = &parsed {
                 self.hint = (line.tags.len(), line.fields.len());
             }
@@ -228,15 +247,17 @@ impl<'a> Iterator for Lines<'a> {
 /// Parses one line (without its terminator). Blank and comment lines are errors here:
 /// [`parse_lines`] skips them before calling this.
 pub fn parse_line(line: &str, line_number: usize) -> Result<ParsedLine<'_>, LineError> {
-    parse_with_hint(line, line_number, (0, 0), None)
+    parse_with_hint(line, line_number, (0, 0), Vec::new(), None)
 }
 
-/// [`parse_line`], with room reserved for as many tags and fields as `hint` says, taking
-/// the measurement and tags from `series` when an earlier line had the same series text.
+/// [`parse_line`], with room reserved for as many tags and fields as `hint` says, the
+/// fields parsed into `fields` (empty), and the measurement and tags taken from `series`
+/// when an earlier line had the same series text.
 fn parse_with_hint<'a>(
     line: &'a str,
     line_number: usize,
     hint: (usize, usize),
+    fields: Fields<'a>,
     series: Option<&mut SeriesCache<'a>>,
 ) -> Result<ParsedLine<'a>, LineError> {
     Parser {
@@ -244,7 +265,7 @@ fn parse_with_hint<'a>(
         bytes: line.as_bytes(),
         pos: 0,
     }
-    .parse(line_number, hint, series)
+    .parse(line_number, hint, fields, series)
     .map_err(|(column, message)| LineError {
         line_number,
         original_line: line.to_owned(),
@@ -285,8 +306,10 @@ impl<'a> Parser<'a> {
         mut self,
         line_number: usize,
         hint: (usize, usize),
+        mut fields: Fields<'a>,
         cache: Option<&mut SeriesCache<'a>>,
     ) -> ParseResult<ParsedLine<'a>> {
+        debug_assert!(fields.is_empty());
         // Leading whitespace is tolerated, as InfluxDB does.
         while matches!(self.peek(), Some(b' ' | b'\t')) {
             self.pos += 1;
@@ -323,7 +346,7 @@ impl<'a> Parser<'a> {
         }
         self.skip_spaces();
         let mut field_sigs = KeySigs::default();
-        let mut fields: Vec<(Cow<'a, str>, FieldValue<'a>)> = Vec::with_capacity(hint.1.max(1));
+        fields.reserve(hint.1.max(1));
         loop {
             let key = self.element(EQUALS | COMMA | SPACE, KEY_ESCAPES);
             if key.is_empty() {

@@ -5,6 +5,7 @@
 //! common case (no new column) runs under the catalog's read lock; only a write that adds
 //! columns takes the write lock.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -17,7 +18,7 @@ use arrow::record_batch::RecordBatch;
 
 use crate::catalog::{Catalog, CatalogError, ColumnType, TIME_COLUMN, TableDef};
 use crate::config::WriteLimits;
-use crate::lineproto::{FieldValue, LineError, ParsedLine};
+use crate::lineproto::{FieldValue, LineError, ParsedLine, parse_lines};
 use crate::precision::Precision;
 
 #[cfg(test)]
@@ -40,9 +41,129 @@ pub struct ValidatedWrite {
     pub errors: Vec<LineError>,
 }
 
-/// Validates `lines` (the output of the parser, errors included) for database `db`.
-/// Timestamps are converted from `precision` to nanoseconds; lines without one get `now_ns`.
-pub fn validate<'a>(
+/// Validates line-protocol `body` for database `db`. Timestamps are converted from
+/// `precision` to nanoseconds; lines without one get `now_ns`.
+///
+/// A write whose tables and columns all exist, the common one, is checked and appended to
+/// its batches line by line as it is parsed, under the catalog's read lock, and holds no
+/// more than one parsed line at a time. A write that brings a table or a column starts
+/// over on [`validate_lines`], which adds them.
+pub fn validate(
+    catalog: &RwLock<Catalog>,
+    db: &str,
+    body: &[u8],
+    precision: Precision,
+    now_ns: i64,
+    limits: &WriteLimits,
+) -> Result<ValidatedWrite, CatalogError> {
+    crate::catalog::validate_name(db)?;
+    {
+        let cat = catalog.read().expect("catalog lock");
+        if let Some(write) = stream(&cat, db, body, precision, now_ns, limits) {
+            return Ok(write);
+        }
+    }
+    validate_lines(catalog, db, parse_lines(body), precision, now_ns, limits)
+}
+
+/// A table's batch being built by [`stream`].
+struct OpenTable<'t, 'a> {
+    name: String,
+    builder: BatchBuilder<'t, 'a>,
+    columns: Resolver<'t>,
+}
+
+/// [`validate`]'s one pass; `None` as soon as a line names a table or column that `cat`
+/// does not have.
+fn stream<'a>(
+    cat: &Catalog,
+    db: &str,
+    body: &'a [u8],
+    precision: Precision,
+    now_ns: i64,
+    limits: &WriteLimits,
+) -> Option<ValidatedWrite> {
+    let cutoff = retention_cutoff(cat, db, now_ns);
+    // Room for every line in the first table's columns (most bodies have one table); the
+    // others grow as they need to. `finish` gives back what a batch did not use.
+    let mut room = memchr::memchr_iter(b'\n', body).count() + 1;
+    let mut tables: Vec<OpenTable<'_, 'a>> = Vec::new();
+    let mut table_index: HashMap<String, usize> = HashMap::new();
+    let mut previous: Option<usize> = None;
+    let mut errors = Vec::new();
+    let mut lines = parse_lines(body);
+    while let Some(line) = lines.next() {
+        let line = match line {
+            Ok(line) => line,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        if let Err(message) = check_sizes(&line, limits) {
+            errors.push(line_error(&line, message));
+            lines.recycle(line);
+            continue;
+        }
+        let same = previous.filter(|&i: &usize| *tables[i].name == *line.measurement);
+        let i = match same.or_else(|| table_index.get(line.measurement.as_ref()).copied()) {
+            Some(i) => i,
+            None => {
+                let table = cat.table(db, &line.measurement)?;
+                tables.push(OpenTable {
+                    name: line.measurement.to_string(),
+                    builder: BatchBuilder::new(table, room),
+                    columns: Resolver::new(table),
+                });
+                room = room.min(1024);
+                table_index.insert(line.measurement.to_string(), tables.len() - 1);
+                tables.len() - 1
+            }
+        };
+        previous = Some(i);
+        let OpenTable {
+            builder, columns, ..
+        } = &mut tables[i];
+        let known = builder.find_series(line.series);
+        match check_line(columns, &line, precision, known.is_none()) {
+            Ok(Checked {
+                complete: false, ..
+            }) => return None,
+            Ok(Checked { timestamp, .. }) => {
+                let ts = timestamp.unwrap_or(now_ns);
+                if cutoff.is_some_and(|c| ts < c) {
+                    errors.push(line_error(&line, too_old(ts, db)));
+                } else {
+                    builder.append(&line, known, ts, columns);
+                }
+            }
+            Err(message) => errors.push(line_error(&line, message)),
+        }
+        lines.recycle(line);
+    }
+    let mut rows = 0;
+    let tables = tables
+        .into_iter()
+        .filter(|t| t.builder.rows > 0)
+        .map(|t| {
+            rows += t.builder.rows;
+            TableBatch {
+                table: t.name,
+                batch: t.builder.finish(),
+            }
+        })
+        .collect();
+    Some(ValidatedWrite {
+        db: db.to_owned(),
+        tables,
+        rows,
+        errors,
+    })
+}
+
+/// Validates `lines` (the output of the parser, errors included) for database `db`, adding
+/// the tables and columns they bring. See [`validate`].
+pub fn validate_lines<'a>(
     catalog: &RwLock<Catalog>,
     db: &str,
     lines: impl IntoIterator<Item = Result<ParsedLine<'a>, LineError>>,
@@ -278,9 +399,9 @@ pub(crate) fn test_write(
     body: &str,
     precision: Precision,
 ) -> ValidatedWrite {
-    let lines = crate::lineproto::parse_lines(body.as_bytes());
+    let limits = WriteLimits::default();
     let write =
-        validate(catalog, "db", lines, precision, 0, &WriteLimits::default()).expect("valid names");
+        validate(catalog, "db", body.as_bytes(), precision, 0, &limits).expect("valid names");
     assert!(write.errors.is_empty(), "{:?}", write.errors);
     write
 }
@@ -558,7 +679,7 @@ impl<'l> ColumnBuilder<'l> {
 struct TagBuilder<'l> {
     keys: Int32Builder,
     values: StringBuilder,
-    index: HashMap<&'l str, i32, ahash::RandomState>,
+    index: HashMap<Cow<'l, str>, i32, ahash::RandomState>,
 }
 
 impl<'l> TagBuilder<'l> {
@@ -571,12 +692,16 @@ impl<'l> TagBuilder<'l> {
     }
 
     /// Appends `value`, returning its key.
-    fn append(&mut self, value: &'l str) -> i32 {
-        let next = self.index.len() as i32;
-        let key = *self.index.entry(value).or_insert_with(|| {
-            self.values.append_value(value);
-            next
-        });
+    fn append(&mut self, value: &Cow<'l, str>) -> i32 {
+        let key = match self.index.get(value.as_ref()) {
+            Some(&key) => key,
+            None => {
+                let key = self.index.len() as i32;
+                self.values.append_value(value);
+                self.index.insert(value.clone(), key);
+                key
+            }
+        };
         self.keys.append_value(key);
         key
     }
@@ -665,7 +790,7 @@ impl<'t, 'l> BatchBuilder<'t, 'l> {
     /// for a series seen before (`known`, from [`Self::find_series`]), only its fields.
     fn append(
         &mut self,
-        line: &'l ParsedLine<'l>,
+        line: &ParsedLine<'l>,
         known: Option<SeriesTags>,
         ts: i64,
         columns: &Resolver<'_>,
@@ -717,6 +842,15 @@ impl<'t, 'l> BatchBuilder<'t, 'l> {
             {
                 fields.push(field.clone());
                 arrays.push(self.slots[slot].1.finish());
+            }
+        }
+        if self.rows != self.capacity {
+            // Built for more rows than came, or grown past them: the buffer counts and
+            // keeps what the batch holds, not what it had room for.
+            for array in &mut arrays {
+                if let Some(array) = Arc::get_mut(array) {
+                    array.shrink_to_fit();
+                }
             }
         }
         RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)

@@ -1,12 +1,13 @@
 use super::*;
 use crate::lineproto::parse_lines;
 use arrow::util::pretty::pretty_format_batches;
+use proptest::prelude::*;
 
 fn write(catalog: &RwLock<Catalog>, body: &str) -> ValidatedWrite {
     validate(
         catalog,
         "db",
-        parse_lines(body.as_bytes()),
+        body.as_bytes(),
         Precision::Second,
         99,
         &WriteLimits::default(),
@@ -170,7 +171,7 @@ fn lines_beyond_a_limit_are_rejected_and_name_it_while_the_others_are_written() 
     let w = validate(
         &catalog,
         "db",
-        parse_lines(body.as_bytes()),
+        body.as_bytes(),
         Precision::Second,
         99,
         &limits,
@@ -231,11 +232,10 @@ fn a_write_mixing_new_columns_conflicts_and_known_series_builds_once() {
         Precision::Nanosecond,
     );
     let body = "m,host=a v=3 3\nm,host=a v=4,w=1i 4\nm,host=b v=\"x\" 5\nm,host=b v=6 6";
-    let lines = crate::lineproto::parse_lines(body.as_bytes());
     let w = validate(
         &catalog,
         "db",
-        lines,
+        body.as_bytes(),
         Precision::Nanosecond,
         0,
         &WriteLimits::default(),
@@ -278,12 +278,11 @@ fn a_new_table_whose_lines_all_fail_is_not_made() {
     }
     // Validated at 100 s: the cutoff is 90 s.
     let at_100s = |body: &str| {
-        let lines = parse_lines(body.as_bytes());
         let limits = WriteLimits::default();
         validate(
             &catalog,
             "db",
-            lines,
+            body.as_bytes(),
             Precision::Second,
             100_000_000_000,
             &limits,
@@ -308,4 +307,103 @@ fn a_new_table_whose_lines_all_fail_is_not_made() {
     assert_eq!(w.errors.len(), 1);
     assert_eq!(w.errors[0].line_number, 1);
     assert!(catalog.read().unwrap().table("db", "old").is_some());
+}
+
+/// One line of a body for [`one_pass_equals_the_two_pass_validation`]: known tables, tags
+/// and fields in any order and subset, values of the wrong type, escaped tag values that
+/// equal plain ones, missing timestamps, old timestamps, bad lines and blank lines; and, if
+/// `novel`, sometimes a field or a table the catalog does not have.
+fn body_line(novel: bool) -> impl Strategy<Value = String> {
+    let table = if novel {
+        prop::sample::select(vec!["a", "b", "c"]).boxed()
+    } else {
+        prop::sample::select(vec!["a", "b"]).boxed()
+    };
+    let tag_value = prop::sample::select(vec!["x", "y", "a=b", r"a\=b", r"p\ q", "é"]);
+    let tags = prop::collection::vec(
+        (prop::sample::select(vec!["t1", "t2", "t3"]), tag_value),
+        0..3,
+    );
+    let field_value = prop::sample::select(vec!["1", "-2.5", "3i", "4u", "\"s\"", "true"]);
+    let mut keys = vec!["f", "i", "u", "s", "b"];
+    if novel {
+        keys.push("new");
+    }
+    let fields = prop::collection::vec((prop::sample::select(keys), field_value), 1..4);
+    let timestamp = prop::sample::select(vec!["", " 5", " 200", " 300", " x"]);
+    let kind = 0..20u8;
+    (table, tags, fields, timestamp, kind).prop_map(|(table, tags, fields, ts, kind)| {
+        match kind {
+            0 => return "bad line".to_owned(),
+            1 => return String::new(),
+            2 => return "# comment".to_owned(),
+            _ => {}
+        }
+        let mut line = table.to_owned();
+        for (k, v) in tags {
+            line.push_str(&format!(",{k}={v}"));
+        }
+        for (i, (k, v)) in fields.into_iter().enumerate() {
+            line.push(if i == 0 { ' ' } else { ',' });
+            line.push_str(&format!("{k}={v}"));
+        }
+        line + ts
+    })
+}
+
+/// The catalog [`one_pass_equals_the_two_pass_validation`] writes into: tables `a` and `b`
+/// with tags t1..t3 and fields f (float), i (integer), u (unsigned), s (string), b (bool);
+/// a retention period that rejects timestamps before 100 s.
+fn known_tables() -> RwLock<Catalog> {
+    let catalog = RwLock::new(Catalog::default());
+    for table in ["a", "b"] {
+        let body = format!("{table},t1=x,t2=x,t3=x f=1,i=1i,u=1u,s=\"s\",b=true 1000");
+        test_write(&catalog, &body, Precision::Second);
+    }
+    catalog
+        .write()
+        .unwrap()
+        .databases
+        .get_mut("db")
+        .unwrap()
+        .retention_ns = Some(100_000_000_000);
+    catalog
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Streaming a body into its batches gives the batches, rows and errors that grouping
+    /// its lines by table first gives; and a body bringing a table or a field is left to
+    /// the second way.
+    #[test]
+    fn one_pass_equals_the_two_pass_validation(
+        novel in any::<bool>(),
+        lines in prop::collection::vec(body_line(true), 1..40),
+    ) {
+        let lines: Vec<String> = if novel {
+            lines
+        } else {
+            lines.into_iter().filter(|l| !l.starts_with('c') && !l.contains("new=")).collect()
+        };
+        let body = lines.join("\n");
+        let catalog = known_tables();
+        let now = 1_000_000_000_000;
+        let limits = WriteLimits::default();
+        let fast = stream(&catalog.read().unwrap(), "db", body.as_bytes(), Precision::Second, now, &limits);
+        let slow = validate_lines(&catalog, "db", parse_lines(body.as_bytes()), Precision::Second, now, &limits).unwrap();
+        let brings_columns = lines.iter().any(|l| l.starts_with('c') || l.contains("new="));
+        if !brings_columns {
+            prop_assert!(fast.is_some(), "every column exists: {body:?}");
+        }
+        if let Some(fast) = fast {
+            prop_assert_eq!(fast.rows, slow.rows);
+            prop_assert_eq!(&fast.errors, &slow.errors);
+            prop_assert_eq!(fast.tables.len(), slow.tables.len());
+            for (f, s) in fast.tables.iter().zip(&slow.tables) {
+                prop_assert_eq!(&f.table, &s.table);
+                prop_assert_eq!(&f.batch, &s.batch);
+            }
+        }
+    }
 }

@@ -1,7 +1,6 @@
 //! The HTTP API: InfluxDB-compatible line-protocol writes (v1, v2 and v3 paths), SQL queries,
 //! liveness and Prometheus metrics. Paths, parameters and error shapes follow InfluxDB 3.
 
-use std::io::Read as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -23,6 +22,8 @@ use serde_json::json;
 use super::metrics::Metrics;
 use crate::auth::{AuthStore, Scope};
 
+mod body;
+
 /// What the HTTP handlers share.
 #[derive(Debug)]
 pub struct HttpState {
@@ -32,6 +33,8 @@ pub struct HttpState {
     /// The largest request body accepted, compressed or not (413 beyond it).
     pub max_body_bytes: usize,
     pub auth: HttpAuth,
+    /// Write bodies are read into these.
+    pub bodies: Arc<gannet_storage::pool::BufferPool>,
 }
 
 /// Who may use the HTTP API: holders of tokens, once any token exists (or always, off
@@ -197,7 +200,7 @@ async fn write_v3(
     State(state): State<Arc<HttpState>>,
     Query(params): Query<V3WriteParams>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     let db = required(params.db, "db")?;
     let precision = precision(params.precision.as_deref(), Precision::Auto)?;
@@ -217,7 +220,7 @@ async fn write_v1_v2(
     State(state): State<Arc<HttpState>>,
     Query(params): Query<InfluxWriteParams>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     let db = params.bucket.or(params.db);
     let db = required(db, "db' or 'bucket")?;
@@ -245,10 +248,10 @@ async fn write(
     precision: Precision,
     accept_partial: bool,
     headers: &HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     state.metrics.write_requests.fetch_add(1, Ordering::Relaxed);
-    let body = decode_body(headers, body, state.max_body_bytes)?;
+    let body = body::read(body, headers, state.max_body_bytes, &state.bodies).await?;
     state
         .metrics
         .write_bytes
@@ -357,36 +360,6 @@ fn is_disk_full(e: &gannet_storage::Error) -> bool {
         source = error.source();
     }
     false
-}
-
-/// The body as line protocol: gunzipped if `Content-Encoding: gzip`, at most `limit` bytes.
-fn decode_body(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Bytes, ApiError> {
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().to_ascii_lowercase());
-    match encoding.as_deref() {
-        None | Some("") | Some("identity") => Ok(body),
-        Some("gzip") | Some("x-gzip") => {
-            let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
-            let decoder = flate2::read::MultiGzDecoder::new(&body[..]);
-            let read = decoder
-                .take(limit as u64 + 1)
-                .read_to_end(&mut out)
-                .map_err(|e| ApiError::bad_request(format!("invalid gzip body: {e}")))?;
-            if read > limit {
-                return Err(ApiError {
-                    status: StatusCode::PAYLOAD_TOO_LARGE,
-                    message: format!("decompressed body is larger than the limit of {limit} bytes"),
-                });
-            }
-            Ok(Bytes::from(out))
-        }
-        Some(other) => Err(ApiError {
-            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            message: format!("unsupported Content-Encoding '{other}': send identity or gzip"),
-        }),
-    }
 }
 
 #[derive(Debug, Default, Deserialize)]

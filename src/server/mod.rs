@@ -184,6 +184,8 @@ impl Server {
             metrics: Arc::new(metrics::Metrics::default()),
             max_body_bytes: config.max_body_bytes,
             auth: http::HttpAuth::new(auth.clone(), http_exposed),
+            // Room for the bodies of several concurrent writers.
+            bodies: gannet_storage::pool::BufferPool::new(32 << 20),
         });
         let app = http::router(state);
         match http_tls {

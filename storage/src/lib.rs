@@ -28,6 +28,7 @@ pub mod engine;
 mod error;
 pub mod lineproto;
 pub mod paths;
+pub mod pool;
 pub mod precision;
 mod retire;
 pub mod segment;

@@ -19,6 +19,7 @@ use crossbeam::channel::{Receiver, Sender};
 use tokio::sync::oneshot;
 
 use crate::paths;
+use crate::pool::{BufferPool, PooledBuf};
 
 pub mod format;
 
@@ -66,7 +67,7 @@ impl Default for WalConfig {
 }
 
 struct Request {
-    payload: Vec<u8>,
+    payload: PooledBuf,
     entry: WalEntry,
     reply: oneshot::Sender<Result<u64, Arc<WalError>>>,
 }
@@ -105,6 +106,8 @@ pub struct Wal {
     thread: Mutex<Option<JoinHandle<()>>>,
     files: Arc<Mutex<FileList>>,
     stats: Arc<Mutex<WalStats>>,
+    /// Records are encoded into these; the writer gives them back once they are written.
+    payloads: Arc<BufferPool>,
 }
 
 /// What replay found.
@@ -365,12 +368,15 @@ impl Wal {
             thread: Mutex::new(Some(thread)),
             files,
             stats,
+            // Room for the records of a few group commits.
+            payloads: BufferPool::new(32 << 20),
         })
     }
 
     /// Queues a record; the returned [`Pending`] resolves once it is durable and applied.
     pub fn append(&self, entry: WalEntry) -> Pending {
-        let payload = format::encode_entry(&entry);
+        let mut payload = self.payloads.take(format::encoded_len_hint(&entry));
+        format::encode_entry_into(&entry, &mut payload);
         let (reply, rx) = oneshot::channel();
         if payload.len() > format::MAX_PAYLOAD_LEN {
             let _ = reply.send(Err(Arc::new(WalError::TooLarge(payload.len()))));

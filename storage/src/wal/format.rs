@@ -147,15 +147,21 @@ pub fn decode_frame(bytes: &[u8]) -> Frame<'_> {
 /// Encodes a write's payload.
 pub fn encode_write(db: &str, tables: &[TableBatch]) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
+    encode_write_into(&mut out, db, tables);
+    out
+}
+
+/// [`encode_write`], appending to `out`.
+fn encode_write_into(out: &mut Vec<u8>, db: &str, tables: &[TableBatch]) {
     out.push(KIND_WRITE);
-    put_str16(&mut out, db);
+    put_str16(out, db);
     out.extend_from_slice(&(tables.len() as u32).to_le_bytes());
     for t in tables {
-        put_str16(&mut out, &t.table);
+        put_str16(out, &t.table);
         let len_at = out.len();
         out.extend_from_slice(&[0; 4]);
         {
-            let mut writer = StreamWriter::try_new(&mut out, &t.batch.schema())
+            let mut writer = StreamWriter::try_new(&mut *out, &t.batch.schema())
                 .expect("writing IPC to memory cannot fail");
             writer
                 .write(&t.batch)
@@ -165,7 +171,6 @@ pub fn encode_write(db: &str, tables: &[TableBatch]) -> Vec<u8> {
         let ipc_len = (out.len() - len_at - 4) as u32;
         out[len_at..len_at + 4].copy_from_slice(&ipc_len.to_le_bytes());
     }
-    out
 }
 
 /// Encodes a delete's payload: kind 2, db, table, then the predicate as JSON.
@@ -181,19 +186,37 @@ pub fn encode_delete(db: &str, table: &str, predicate: &DeletePredicate) -> Vec<
 
 /// Encodes any entry's payload.
 pub fn encode_entry(entry: &WalEntry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(encoded_len_hint(entry));
+    encode_entry_into(entry, &mut out);
+    out
+}
+
+/// [`encode_entry`], appending to `out`.
+pub fn encode_entry_into(entry: &WalEntry, out: &mut Vec<u8>) {
     match entry {
-        WalEntry::Write { db, tables } => encode_write(db, tables),
+        WalEntry::Write { db, tables } => encode_write_into(out, db, tables),
         WalEntry::Delete {
             db,
             table,
             predicate,
-        } => encode_delete(db, table, predicate),
+        } => out.extend_from_slice(&encode_delete(db, table, predicate)),
         WalEntry::DropTable { db, table } => {
-            let mut out = vec![KIND_DROP_TABLE];
-            put_str16(&mut out, db);
-            put_str16(&mut out, table);
-            out
+            out.push(KIND_DROP_TABLE);
+            put_str16(out, db);
+            put_str16(out, table);
         }
+    }
+}
+
+/// About the length [`encode_entry`] gives `entry`: a write's IPC is its arrays' buffers
+/// and a little metadata per column.
+pub fn encoded_len_hint(entry: &WalEntry) -> usize {
+    match entry {
+        WalEntry::Write { tables, .. } => tables
+            .iter()
+            .map(|t| t.batch.get_array_memory_size() + 256 * t.batch.num_columns() + 1024)
+            .sum(),
+        _ => 256,
     }
 }
 

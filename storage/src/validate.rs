@@ -692,6 +692,7 @@ impl<'l> TagBuilder<'l> {
     }
 
     /// Appends `value`, returning its key.
+    #[allow(clippy::ptr_arg)] // the index keeps a clone: a value borrowed from the body stays so
     fn append(&mut self, value: &Cow<'l, str>) -> i32 {
         let key = match self.index.get(value.as_ref()) {
             Some(&key) => key,

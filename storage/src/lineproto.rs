@@ -170,6 +170,7 @@ impl<'a> Lines<'a> {
 struct SeriesCache<'a> {
     parsed: HashMap<&'a str, (Cow<'a, str>, Tags<'a>), ahash::RandomState>,
     lookups: usize,
+    /// Hits in the current window of [`Self::WINDOW`] lookups.
     hits: usize,
     /// Off for the rest of a body whose series rarely repeat: the lookups would cost more
     /// than they save.
@@ -179,16 +180,21 @@ struct SeriesCache<'a> {
 impl<'a> SeriesCache<'a> {
     /// Series kept at most: the cache grows with the body, not without bound.
     const CAPACITY: usize = 100_000;
-    /// Lookups after which a cache that rarely hits turns itself off.
-    const TRIAL: usize = 1024;
+    /// Lookups over which the cache judges whether it pays. The first window only fills
+    /// it: a body that cycles through its series (TSBS names each of 1,000 hosts in turn)
+    /// hits nothing until the series come round again.
+    const WINDOW: usize = 1024;
 
     fn get(&mut self, series: &str) -> Option<(Cow<'a, str>, Tags<'a>)> {
         self.lookups += 1;
         let found = self.parsed.get(series).cloned();
         self.hits += usize::from(found.is_some());
-        if self.lookups == Self::TRIAL && self.hits * 8 < self.lookups {
-            self.off = true;
-            self.parsed = HashMap::default();
+        if self.lookups % Self::WINDOW == 0 {
+            if self.lookups > Self::WINDOW && self.hits * 8 < Self::WINDOW {
+                self.off = true;
+                self.parsed = HashMap::default();
+            }
+            self.hits = 0;
         }
         found
     }

@@ -337,6 +337,18 @@ fn series_cache_turns_off_when_series_do_not_repeat() {
 }
 
 #[test]
+fn series_cache_stays_on_when_series_come_round_after_the_first_window() {
+    // 1,500 series in turn, three times: the first 1,024 lookups all miss.
+    let body: String = (0..4500)
+        .map(|i| format!("m,host=h{} v=1 {i}\n", i % 1500))
+        .collect();
+    let mut lines = parse_lines(body.as_bytes());
+    let parsed: Vec<_> = lines.by_ref().map(Result::unwrap).collect();
+    assert!(!lines.series.off);
+    assert!(Arc::ptr_eq(&parsed[10].tags, &parsed[4510 - 3000].tags));
+}
+
+#[test]
 fn duplicates_are_found_past_signature_collisions_and_many_keys() {
     // Same length and last two bytes: signatures collide, the strings differ.
     assert_eq!(one("m xab=1,yab=2").fields.len(), 2);

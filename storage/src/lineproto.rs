@@ -189,7 +189,7 @@ impl<'a> SeriesCache<'a> {
         self.lookups += 1;
         let found = self.parsed.get(series).cloned();
         self.hits += usize::from(found.is_some());
-        if self.lookups % Self::WINDOW == 0 {
+        if self.lookups.is_multiple_of(Self::WINDOW) {
             if self.lookups > Self::WINDOW && self.hits * 8 < Self::WINDOW {
                 self.off = true;
                 self.parsed = HashMap::default();

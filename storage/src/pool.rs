@@ -31,18 +31,19 @@ impl BufferPool {
     pub fn take(self: &Arc<Self>, capacity: usize) -> PooledBuf {
         let kept = {
             let mut free = self.free.lock().expect("buffer pool lock");
-            // The smallest that is large enough, else the largest (it grows least).
+            // The smallest that is large enough, else the largest (it grows least); the
+            // largest for a length not known beforehand.
             let fits = free
                 .iter()
                 .enumerate()
-                .filter(|(_, b)| b.capacity() >= capacity)
+                .filter(|(_, b)| capacity > 0 && b.capacity() >= capacity)
                 .min_by_key(|(_, b)| b.capacity())
                 .or_else(|| free.iter().enumerate().max_by_key(|(_, b)| b.capacity()))
                 .map(|(i, _)| i);
             fits.map(|i| free.swap_remove(i))
         };
         let mut buf = kept.unwrap_or_default();
-        buf.reserve(capacity);
+        buf.reserve_exact(capacity);
         PooledBuf {
             buf,
             home: self.clone(),

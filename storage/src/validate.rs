@@ -85,8 +85,11 @@ fn stream<'a>(
 ) -> Option<ValidatedWrite> {
     let cutoff = retention_cutoff(cat, db, now_ns);
     // Room for every line in the first table's columns (most bodies have one table); the
-    // others grow as they need to. `finish` gives back what a batch did not use.
-    let mut room = memchr::memchr_iter(b'\n', body).count() + 1;
+    // others start small and grow as they need to: a body of one line per table for
+    // thousands of tables must not reserve thousands of rows for each. `finish` gives
+    // back what a batch did not use.
+    let mut room = memchr::memchr_iter(b'\n', body).count()
+        + usize::from(body.last().is_some_and(|&b| b != b'\n'));
     let mut tables: Vec<OpenTable<'_, 'a>> = Vec::new();
     let mut table_index: HashMap<String, usize> = HashMap::new();
     let mut previous: Option<usize> = None;
@@ -115,7 +118,7 @@ fn stream<'a>(
                     builder: BatchBuilder::new(table, room),
                     columns: Resolver::new(table),
                 });
-                room = room.min(1024);
+                room = room.min(64);
                 table_index.insert(line.measurement.to_string(), tables.len() - 1);
                 tables.len() - 1
             }
@@ -845,9 +848,11 @@ impl<'t, 'l> BatchBuilder<'t, 'l> {
                 arrays.push(self.slots[slot].1.finish());
             }
         }
-        if self.rows != self.capacity {
-            // Built for more rows than came, or grown past them: the buffer counts and
-            // keeps what the batch holds, not what it had room for.
+        // Built for many more rows than came (blank lines, other tables' lines), or grown
+        // past them: the buffer counts and keeps what the batch holds, not what it had
+        // room for. Shrinking copies (arrow's buffers are 128-byte aligned, which realloc
+        // cannot keep in place), so a little slack stays.
+        if self.capacity.abs_diff(self.rows) > self.rows / 8 {
             for array in &mut arrays {
                 if let Some(array) = Arc::get_mut(array) {
                     array.shrink_to_fit();

@@ -407,3 +407,54 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_large_body_over_several_tables_streams_as_the_two_pass_validation_builds() {
+    // Past the first table's room and the later tables' starting room, so that builders
+    // grow and batches are shrunk; with string fields and repeated series.
+    let catalog = known_tables();
+    let body: String = (0..6000)
+        .map(|i| {
+            let table = ["a", "a", "b"][i % 3];
+            format!("{table},t1=h{} f={i}.5,s=\"v{i}\" {}\n", i % 700, 950 + i)
+        })
+        .collect();
+    let limits = WriteLimits::default();
+    let now = 1_000_000_000_000;
+    let fast = stream(
+        &catalog.read().unwrap(),
+        "db",
+        body.as_bytes(),
+        Precision::Second,
+        now,
+        &limits,
+    )
+    .expect("every column exists");
+    let slow = validate_lines(
+        &catalog,
+        "db",
+        parse_lines(body.as_bytes()),
+        Precision::Second,
+        now,
+        &limits,
+    )
+    .unwrap();
+    assert_eq!(fast.rows, 6000);
+    assert!(fast.errors.is_empty());
+    assert_eq!(fast.tables.len(), 2);
+    for (f, s) in fast.tables.iter().zip(&slow.tables) {
+        assert_eq!(f.batch, s.batch);
+        // What the buffer will count is about what the batch holds.
+        let held: usize = f
+            .batch
+            .columns()
+            .iter()
+            .map(|c| c.to_data().get_slice_memory_size().unwrap())
+            .sum();
+        let counted = f.batch.get_array_memory_size();
+        assert!(
+            counted < held + held / 4 + 4096,
+            "{counted} counted for {held} held"
+        );
+    }
+}

@@ -230,3 +230,37 @@ fn a_record_whose_arrow_data_makes_arrow_panic_is_an_error() {
     .unwrap();
     assert!(format::decode_entry(&crash).is_err());
 }
+
+#[test]
+fn an_entry_encoded_into_a_reused_pooled_buffer_has_the_bytes_of_a_fresh_one() {
+    let pool = crate::pool::BufferPool::new(1 << 20);
+    let entries = [
+        entry("cpu,host=a u=1 1\ncpu,host=b u=2 2\nmem,host=a free=3i 1"),
+        WalEntry::Delete {
+            db: "db".into(),
+            table: "cpu".into(),
+            predicate: crate::DeletePredicate {
+                min_time: 1,
+                max_time: 2,
+                tags: vec![("host".into(), "a".into())],
+            },
+        },
+        WalEntry::DropTable {
+            db: "db".into(),
+            table: "mem".into(),
+        },
+        entry("cpu,host=c u=3 3"),
+    ];
+    let mut used = Vec::new();
+    for e in &entries {
+        let mut payload = pool.take(format::encoded_len_hint(e));
+        used.push(payload.as_ptr());
+        format::encode_entry_into(e, &mut payload);
+        assert_eq!(*payload, format::encode_entry(e));
+        assert!(format::decode_entry(&payload).is_ok());
+    }
+    assert!(
+        used.windows(2).all(|w| w[0] == w[1]),
+        "one buffer, handed out again each time"
+    );
+}

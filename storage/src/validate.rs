@@ -83,7 +83,12 @@ fn stream<'a>(
     now_ns: i64,
     limits: &WriteLimits,
 ) -> Option<ValidatedWrite> {
-    let cutoff = retention_cutoff(cat, db, now_ns);
+    let at = Intake {
+        precision,
+        now_ns,
+        cutoff: retention_cutoff(cat, db, now_ns),
+        db,
+    };
     // Room for every line in the first table's columns (most bodies have one table); the
     // others start small and grow as they need to: a body of one line per table for
     // thousands of tables must not reserve thousands of rows for each. `finish` gives
@@ -127,20 +132,10 @@ fn stream<'a>(
         let OpenTable {
             builder, columns, ..
         } = &mut tables[i];
-        let known = builder.find_series(line.series);
-        match check_line(columns, &line, precision, known.is_none()) {
-            Ok(Checked {
-                complete: false, ..
-            }) => return None,
-            Ok(Checked { timestamp, .. }) => {
-                let ts = timestamp.unwrap_or(now_ns);
-                if cutoff.is_some_and(|c| ts < c) {
-                    errors.push(line_error(&line, too_old(ts, db)));
-                } else {
-                    builder.append(&line, known, ts, columns);
-                }
-            }
-            Err(message) => errors.push(line_error(&line, message)),
+        match at.take(builder, columns, &line) {
+            Taken::Appended => {}
+            Taken::Incomplete => return None,
+            Taken::Refused(message) => errors.push(line_error(&line, message)),
         }
         lines.recycle(line);
     }
@@ -255,7 +250,12 @@ fn build<'l>(
     refused: &HashMap<usize, String>,
     last: bool,
 ) -> Option<Built> {
-    let cutoff = retention_cutoff(cat, db, now_ns);
+    let at = Intake {
+        precision,
+        now_ns,
+        cutoff: retention_cutoff(cat, db, now_ns),
+        db,
+    };
     let mut built = Built {
         tables: Vec::with_capacity(by_table.len()),
         rows: 0,
@@ -285,26 +285,14 @@ fn build<'l>(
                 built.errors.push(line_error(line, message.clone()));
                 continue;
             }
-            let known = builder.find_series(line.series);
-            match check_line(&mut columns, line, precision, known.is_none()) {
-                Ok(Checked {
-                    complete: false, ..
-                }) if !last => return None,
-                Ok(Checked {
-                    complete: false, ..
-                }) => {
+            match at.take(&mut builder, &mut columns, line) {
+                Taken::Appended => {}
+                Taken::Incomplete if !last => return None,
+                Taken::Incomplete => {
                     let message = format!("a column of table '{name}' was dropped meanwhile");
                     built.errors.push(line_error(line, message));
                 }
-                Ok(Checked { timestamp, .. }) => {
-                    let ts = timestamp.unwrap_or(now_ns);
-                    if cutoff.is_some_and(|c| ts < c) {
-                        built.errors.push(line_error(line, too_old(ts, db)));
-                        continue;
-                    }
-                    builder.append(line, known, ts, &columns)
-                }
-                Err(message) => built.errors.push(line_error(line, message)),
+                Taken::Refused(message) => built.errors.push(line_error(line, message)),
             }
         }
         if builder.rows > 0 {
@@ -316,6 +304,50 @@ fn build<'l>(
         }
     }
     Some(built)
+}
+
+/// What a line is checked against besides its table: the write's precision, the time
+/// given to lines without one, and the database's retention cutoff.
+struct Intake<'w> {
+    precision: Precision,
+    now_ns: i64,
+    cutoff: Option<i64>,
+    db: &'w str,
+}
+
+/// What became of a line given to [`Intake::take`].
+enum Taken {
+    Appended,
+    /// It writes a column its table does not have (yet).
+    Incomplete,
+    Refused(String),
+}
+
+impl Intake<'_> {
+    /// Checks `line` against its table (through `columns`) and appends it to `builder` if
+    /// it agrees and is within retention.
+    fn take<'l>(
+        &self,
+        builder: &mut BatchBuilder<'_, 'l>,
+        columns: &mut Resolver<'_>,
+        line: &ParsedLine<'l>,
+    ) -> Taken {
+        let known = builder.find_series(line.series);
+        match check_line(columns, line, self.precision, known.is_none()) {
+            Ok(Checked {
+                complete: false, ..
+            }) => Taken::Incomplete,
+            Ok(Checked { timestamp, .. }) => {
+                let ts = timestamp.unwrap_or(self.now_ns);
+                if self.cutoff.is_some_and(|c| ts < c) {
+                    return Taken::Refused(too_old(ts, self.db));
+                }
+                builder.append(line, known, ts, columns);
+                Taken::Appended
+            }
+            Err(message) => Taken::Refused(message),
+        }
+    }
 }
 
 /// The oldest time database `db` accepts, if it has a retention period.

@@ -144,14 +144,7 @@ pub fn decode_frame(bytes: &[u8]) -> Frame<'_> {
     }
 }
 
-/// Encodes a write's payload.
-pub fn encode_write(db: &str, tables: &[TableBatch]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    encode_write_into(&mut out, db, tables);
-    out
-}
-
-/// [`encode_write`], appending to `out`.
+/// Encodes a write's payload, appending to `out`.
 fn encode_write_into(out: &mut Vec<u8>, db: &str, tables: &[TableBatch]) {
     out.push(KIND_WRITE);
     put_str16(out, db);
@@ -352,7 +345,10 @@ mod tests {
     #[test]
     fn write_roundtrips() {
         let (db, tables) = entry();
-        let payload = encode_write(&db, &tables);
+        let payload = encode_entry(&WalEntry::Write {
+            db: db.clone(),
+            tables: tables.clone(),
+        });
         let WalEntry::Write {
             db: got_db,
             tables: got,

@@ -13,7 +13,8 @@
 //! to warm up, then TSBS_RUNS times; the table shows medians.
 //! TSBS_EXPLAIN=<query name> prints that query's EXPLAIN ANALYZE instead; TSBS_PROFILE=<query
 //! name> runs it over and over (TSBS_PROFILE_SECS, 10) for a profiler, or only plans it
-//! (TSBS_PROFILE_PLAN=1). TSBS_SERVE=1 keeps `gannet serve` up at the end, for psql.
+//! (TSBS_PROFILE_PLAN=1); TSBS_SQL="<sql>;;<sql>" runs variants of it in turn instead.
+//! TSBS_SERVE=1 keeps `gannet serve` up at the end, for psql.
 
 use std::path::Path;
 use std::process::Command;
@@ -152,30 +153,45 @@ fn main() {
             .iter()
             .find(|(name, _)| *name == wanted)
             .unwrap_or_else(|| panic!("no TSBS query named {wanted}"));
+        // TSBS_SQL: run these statements (separated by `;;`) in its place, taking turns, for
+        // a side-by-side comparison of variants of the named query in one process.
+        let variants: Vec<String> = match std::env::var("TSBS_SQL") {
+            Ok(list) => list.split(";;").map(|s| s.trim().to_owned()).collect(),
+            Err(_) => vec![sql.clone()],
+        };
         // TSBS_PROFILE_PLAN=1: plan it only (SQL to physical plan), without running it.
         let plan_only = std::env::var("TSBS_PROFILE_PLAN").is_ok();
         let until =
             Instant::now() + std::time::Duration::from_secs(env_or("TSBS_PROFILE_SECS", 10u64));
-        let mut times = Vec::new();
+        let mut times = vec![Vec::new(); variants.len()];
         while Instant::now() < until {
-            let t = Instant::now();
-            if plan_only {
-                runtime
-                    .block_on(async {
-                        let frame = query.session("bench").unwrap().sql(sql).await?;
-                        frame.create_physical_plan().await
-                    })
-                    .unwrap();
-            } else {
-                runtime.block_on(query.sql("bench", sql)).unwrap();
+            for (sql, times) in variants.iter().zip(times.iter_mut()) {
+                let t = Instant::now();
+                if plan_only {
+                    runtime
+                        .block_on(async {
+                            let frame = query.session("bench").unwrap().sql(sql).await?;
+                            frame.create_physical_plan().await
+                        })
+                        .unwrap();
+                } else {
+                    runtime.block_on(query.sql("bench", sql)).unwrap();
+                }
+                times.push(t.elapsed().as_secs_f64() * 1e3);
             }
-            times.push(t.elapsed().as_secs_f64() * 1e3);
         }
-        println!(
-            "{wanted}: {} runs, median {:.2} ms",
-            times.len(),
-            median(times)
-        );
+        for (i, times) in times.into_iter().enumerate() {
+            let which = if variants.len() > 1 {
+                format!(" (variant {})", i + 1)
+            } else {
+                String::new()
+            };
+            println!(
+                "{wanted}{which}: {} runs, median {:.2} ms",
+                times.len(),
+                median(times)
+            );
+        }
         return;
     }
     let mut gannet = Vec::new();

@@ -59,6 +59,19 @@ pub enum Access {
     ReadOnly,
 }
 
+impl Access {
+    /// What DataFusion's planner may accept with this access.
+    fn sql_options(self) -> SQLOptions {
+        match self {
+            Access::ReadWrite => SQLOptions::new(),
+            Access::ReadOnly => SQLOptions::new()
+                .with_allow_ddl(false)
+                .with_allow_dml(false)
+                .with_allow_statements(false),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
     #[error("database \"{0}\" does not exist")]
@@ -177,7 +190,7 @@ pub struct QueryEngine {
     log: system::QueryLog,
     /// A ready session state per database: a query starts from a copy of it, rather than
     /// registering catalogs and functions anew.
-    states: Arc<Mutex<HashMap<String, SessionState>>>,
+    states: Arc<Mutex<HashMap<String, Arc<SessionState>>>>,
     merged: Arc<table::MergedWindows>,
     models: Arc<onnx::ModelRegistry>,
     scoring: Arc<scoring::ScoringState>,
@@ -276,14 +289,20 @@ impl QueryEngine {
     /// A DataFusion session on database `db`: catalog `db`, tables in schema `public`.
     /// Fails if the database does not exist.
     pub fn session(&self, db: &str) -> Result<SessionContext, QueryError> {
+        let state = self.state(db)?;
+        Ok(SessionContext::new_with_state(Arc::unwrap_or_clone(state)))
+    }
+
+    /// The ready session state of database `db`, shared: a query copies it once.
+    fn state(&self, db: &str) -> Result<Arc<SessionState>, QueryError> {
         if self.engine.catalog().database(db).is_none() {
             return Err(QueryError::UnknownDatabase(db.to_owned()));
         }
         let mut states = self.states.lock().expect("session states lock");
         let state = states
             .entry(db.to_owned())
-            .or_insert_with(|| self.new_session(db).state());
-        Ok(SessionContext::new_with_state(state.clone()))
+            .or_insert_with(|| Arc::new(self.new_session(db).state()));
+        Ok(state.clone())
     }
 
     /// A session on database `db` whether or not it exists yet: a database that does not
@@ -392,36 +411,55 @@ impl QueryEngine {
     /// Carries out Gannet's own statements; plans the others, holding a turn for them.
     async fn plan(&self, db: &str, sql: &str, access: Access) -> Result<Planned, QueryError> {
         let read_only = read_only_refused;
-        if let Some(statement) = scoring::statement::parse(sql) {
-            if access == Access::ReadOnly {
-                return Err(read_only().into());
+        // One parse serves the checks for Gannet's own statements and the planning.
+        let Some(statement) = single_sql_statement(sql) else {
+            // DataFusion's parser does not read scoring rules.
+            if let Some(statement) = scoring::statement::parse(sql) {
+                if access == Access::ReadOnly {
+                    return Err(read_only().into());
+                }
+                let statement = statement.map_err(|e| error::SqlError::new("42601", e))?;
+                self.execute_scoring(db, statement).await?;
+                return Ok(Planned::Done);
             }
-            let statement = statement.map_err(|e| error::SqlError::new("42601", e))?;
-            self.execute_scoring(db, statement).await?;
-            return Ok(Planned::Done);
-        }
-        if let Some(statement) = single_sql_statement(sql)
-            && let Some(done) = self.execute_own_with(db, &statement, access)
-        {
+            // Not one statement, or not one the parser reads: planning the text gives
+            // DataFusion's error.
+            let ctx = self.session(db)?;
+            let turn = self.turn().await;
+            let frame = ctx
+                .sql_with_options(sql, access.sql_options())
+                .await
+                .map_err(refused_or)?;
+            return Ok(Planned::Frame(Box::new(frame), turn));
+        };
+        if let Some(done) = self.execute_own_with(db, &statement, access) {
             done?;
             return Ok(Planned::Done);
         }
-        let ctx = self.session(db)?;
+        // One copy of the database's ready state, as `SessionContext::state` makes: it holds
+        // this query's start time (`now()`).
+        let mut state = Arc::unwrap_or_clone(self.state(db)?);
+        state.mark_start_execution();
         let turn = self.turn().await;
-        let frame = match access {
-            Access::ReadWrite => ctx.sql(sql).await?,
-            Access::ReadOnly => {
-                let options = SQLOptions::new()
-                    .with_allow_ddl(false)
-                    .with_allow_dml(false)
-                    .with_allow_statements(false);
-                match ctx.sql_with_options(sql, options).await {
-                    Ok(frame) => frame,
-                    // Planning succeeded but the statement writes: not allowed here.
-                    Err(e) if is_refused_by_options(&e) => return Err(read_only().into()),
-                    Err(e) => return Err(e.into()),
-                }
+        let plan = state
+            .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
+                statement,
+            )))
+            .await?;
+        access
+            .sql_options()
+            .verify_plan(&plan)
+            .map_err(refused_or)?;
+        let frame = match plan {
+            // SET, PREPARE, CREATE VIEW and the like change or read the session: the
+            // context carries them out.
+            datafusion::logical_expr::LogicalPlan::Ddl(_)
+            | datafusion::logical_expr::LogicalPlan::Statement(_) => {
+                SessionContext::new_with_state(state)
+                    .execute_logical_plan(plan)
+                    .await?
             }
+            plan => datafusion::dataframe::DataFrame::new(state, plan),
         };
         Ok(Planned::Frame(Box::new(frame), turn))
     }
@@ -713,6 +751,16 @@ fn read_only_refused() -> error::SqlError {
 }
 
 /// Whether DataFusion refused a statement for the [`SQLOptions`] of a read-only query.
+/// A planning error as the query's error: 42501 if the statement writes where only reading
+/// is allowed.
+fn refused_or(e: datafusion::error::DataFusionError) -> QueryError {
+    if is_refused_by_options(&e) {
+        read_only_refused().into()
+    } else {
+        e.into()
+    }
+}
+
 fn is_refused_by_options(e: &datafusion::error::DataFusionError) -> bool {
     let message = e.to_string();
     [

@@ -411,10 +411,15 @@ impl QueryEngine {
     /// Carries out Gannet's own statements; plans the others, holding a turn for them.
     async fn plan(&self, db: &str, sql: &str, access: Access) -> Result<Planned, QueryError> {
         let read_only = read_only_refused;
-        // One parse serves the checks for Gannet's own statements and the planning.
-        let Some(statement) = single_sql_statement(sql) else {
+        // One parse, as `SessionContext::sql` makes it (same dialect and limits), serves
+        // the check for Gannet's own statements and the planning.
+        let statement = match parse_statement(sql) {
+            Ok(statement) => statement,
             // DataFusion's parser does not read scoring rules.
-            if let Some(statement) = scoring::statement::parse(sql) {
+            Err(e) => {
+                let Some(statement) = scoring::statement::parse(sql) else {
+                    return Err(e.into());
+                };
                 if access == Access::ReadOnly {
                     return Err(read_only().into());
                 }
@@ -422,17 +427,10 @@ impl QueryEngine {
                 self.execute_scoring(db, statement).await?;
                 return Ok(Planned::Done);
             }
-            // Not one statement, or not one the parser reads: planning the text gives
-            // DataFusion's error.
-            let ctx = self.session(db)?;
-            let turn = self.turn().await;
-            let frame = ctx
-                .sql_with_options(sql, access.sql_options())
-                .await
-                .map_err(refused_or)?;
-            return Ok(Planned::Frame(Box::new(frame), turn));
         };
-        if let Some(done) = self.execute_own_with(db, &statement, access) {
+        if let datafusion::sql::parser::Statement::Statement(own) = &statement
+            && let Some(done) = self.execute_own_with(db, own, access)
+        {
             done?;
             return Ok(Planned::Done);
         }
@@ -441,11 +439,7 @@ impl QueryEngine {
         let mut state = Arc::unwrap_or_clone(self.state(db)?);
         state.mark_start_execution();
         let turn = self.turn().await;
-        let plan = state
-            .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
-                statement,
-            )))
-            .await?;
+        let plan = state.statement_to_plan(statement).await?;
         access
             .sql_options()
             .verify_plan(&plan)
@@ -709,18 +703,30 @@ impl QueryEngine {
     }
 }
 
-/// `sql` as one SQL statement, if it is one (DataFusion reports what else it may be).
-fn single_sql_statement(sql: &str) -> Option<Statement> {
-    use datafusion::sql::parser::{DFParserBuilder, Statement as DFStatement};
+/// `sql` as one statement, parsed as `SessionState::sql_to_statement` parses it for
+/// `SessionContext::sql`, with the sessions' dialect and recursion limit (DataFusion's
+/// defaults: sessions do not change them), and its errors.
+fn parse_statement(sql: &str) -> datafusion::error::Result<datafusion::sql::parser::Statement> {
+    use datafusion::error::DataFusionError;
+    use datafusion::sql::parser::DFParserBuilder;
+    let options = datafusion::config::ConfigOptions::default().sql_parser;
+    let dialect = datafusion::sql::sqlparser::dialect::dialect_from_str(options.dialect)
+        .ok_or_else(|| {
+            DataFusionError::Plan(format!("unsupported SQL dialect {}", options.dialect))
+        })?;
     let mut statements = DFParserBuilder::new(sql)
-        .with_dialect(&datafusion::sql::sqlparser::dialect::PostgreSqlDialect {})
-        .build()
-        .and_then(|mut p| p.parse_statements())
-        .ok()?;
-    match (statements.pop_front(), statements.is_empty()) {
-        (Some(DFStatement::Statement(statement)), true) => Some(*statement),
-        _ => None,
+        .with_dialect(dialect.as_ref())
+        .with_recursion_limit(options.recursion_limit.get())
+        .build()?
+        .parse_statements()?;
+    if statements.len() > 1 {
+        return Err(DataFusionError::NotImplemented(
+            "The context currently only supports a single SQL statement".to_owned(),
+        ));
     }
+    statements.pop_front().ok_or_else(|| {
+        DataFusionError::Plan("No SQL statements were provided in the query string".to_owned())
+    })
 }
 
 #[cfg(test)]
@@ -750,7 +756,6 @@ fn read_only_refused() -> error::SqlError {
     )
 }
 
-/// Whether DataFusion refused a statement for the [`SQLOptions`] of a read-only query.
 /// A planning error as the query's error: 42501 if the statement writes where only reading
 /// is allowed.
 fn refused_or(e: datafusion::error::DataFusionError) -> QueryError {
@@ -761,6 +766,7 @@ fn refused_or(e: datafusion::error::DataFusionError) -> QueryError {
     }
 }
 
+/// Whether DataFusion refused a statement for the [`SQLOptions`] of a read-only query.
 fn is_refused_by_options(e: &datafusion::error::DataFusionError) -> bool {
     let message = e.to_string();
     [

@@ -1019,3 +1019,26 @@ async fn a_query_for_some_series_takes_their_buffered_rows_by_the_tag_index() {
         "{merge}"
     );
 }
+
+/// `QueryEngine::sql` parses a statement once itself; it must read SQL as DataFusion's
+/// `SessionContext::sql` does (its default dialect, not the pg server's PostgreSQL one:
+/// `^` is xor there, a power in PostgreSQL), and fail as it does.
+#[tokio::test]
+async fn statements_are_parsed_as_datafusion_parses_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    engine
+        .write_lp("db", b"cpu,host=a u=1 1", Precision::Nanosecond)
+        .unwrap();
+    let query = QueryEngine::new(engine);
+    let plain = SessionContext::new();
+    for sql in ["SELECT 2 ^ 3", "SELECT 'a' || 'b'"] {
+        let expected = plain.sql(sql).await.unwrap().collect().await.unwrap();
+        let expected = arrow::util::display::array_value_to_string(expected[0].column(0), 0);
+        assert_eq!(scalar(&query, "db", sql).await, expected.unwrap(), "{sql}");
+    }
+    for sql in ["SELECT 1; SELECT 2", "", "SELEC 1"] {
+        let expected = plain.sql(sql).await.unwrap_err().to_string();
+        assert_eq!(error(&query, "db", sql).await, expected, "{sql}");
+    }
+}

@@ -59,12 +59,12 @@ const PAGE_ROWS: usize = 1024;
 
 /// The codec of each numeric field column, where it differs from the file's zstd.
 ///
-/// Numeric fields are dictionary-encoded (a series' values repeat), and zstd finds little
+/// Numeric fields are dictionary-encoded (their values repeat), and zstd finds little
 /// left to take from the bit-packed indices: on TSBS cpu rows it keeps 83 % of a column's
-/// bytes, LZ4 89 %. But a zstd column costs each reader a decompression context (malloc'd
+/// bytes, LZ4 88 %. But a zstd column costs each reader a decompression context (malloc'd
 /// and freed per column chunk) and decompresses at a fraction of LZ4's speed. A query for
 /// one series reads a page or two of each row group, yet decompresses each column's whole
-/// dictionary page: zstd was a third of such a query's time (docs/benchmarks.md).
+/// dictionary page: zstd was a fifth of such a query's time (docs/benchmarks.md).
 fn field_compression(schema: &Schema) -> impl Iterator<Item = (ColumnPath, Compression)> + '_ {
     schema
         .fields()

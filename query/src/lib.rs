@@ -37,6 +37,7 @@ pub mod error;
 mod first_last;
 pub mod functions;
 pub mod gapfill;
+mod group_keys;
 mod latest;
 mod merge;
 mod newest;

@@ -46,6 +46,7 @@ pub fn install(state: SessionState) -> SessionState {
     SessionStateBuilder::new_from_existing(state)
         .with_analyzer_rule(Arc::new(crate::gapfill::HandleGapFill))
         .with_optimizer_rule(Arc::new(NarrowToNewestBuckets))
+        .with_optimizer_rule(Arc::new(crate::group_keys::GroupTagsAsViews))
         .with_query_planner(Arc::new(GannetQueryPlanner))
         .build()
 }

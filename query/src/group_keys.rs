@@ -208,6 +208,9 @@ mod tests {
             "SELECT b, host, sum(u), count(*) FROM t GROUP BY b, host ORDER BY b, host",
             "SELECT host, dc, avg(u) FROM t GROUP BY host, dc ORDER BY host, dc",
             "SELECT dc FROM t GROUP BY dc ORDER BY dc",
+            "SELECT host, count(*) FROM t GROUP BY host HAVING host <> 'b' ORDER BY host",
+            "SELECT * FROM (SELECT b, host, max(u) AS m FROM t GROUP BY b, host) \
+             WHERE host = 'a' OR host IS NULL ORDER BY b, host",
         ] {
             let plan = ours.sql(sql).await.unwrap().into_optimized_plan().unwrap();
             assert!(
@@ -232,7 +235,7 @@ mod tests {
         for sql in [
             "SELECT host, max(host) FROM t GROUP BY host",
             "SELECT host, first_value(u ORDER BY b) FROM t GROUP BY host",
-            // A list key groups by rows anyway.
+            // A key of a type the rule does not know to be grouped column by column.
             "SELECT host, make_array(u), count(*) FROM t GROUP BY host, make_array(u)",
             "SELECT host, count(*) FROM t GROUP BY ROLLUP (host)",
         ] {

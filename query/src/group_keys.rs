@@ -4,9 +4,9 @@
 //! values (each key in a column of its own type, compared column by column) only when
 //! every key is a primitive, string, binary or boolean type; one dictionary key sends
 //! the whole key to the row format, which encodes every row of every batch into bytes
-//! and compares those (double-groupby-all, by hour and host: a fifth of its time). So
+//! and compares those (double-groupby-all, by hour and host: about a quarter of its time). So
 //! [`GroupTagsAsViews`] groups by `CAST(tag AS Utf8View)` instead, a cast that builds
-//! each value's view once per batch and gathers them by key, and casts the (few) output
+//! each value's view once per batch and gathers them by key, and casts the output
 //! groups back to the dictionary type, leaving the aggregate's schema as it was.
 
 use std::sync::Arc;
